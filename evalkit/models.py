@@ -1,0 +1,89 @@
+"""Loading a model directory (Hugging Face format) and fingerprinting what decides its outputs.
+
+Every part loads models through :func:`load_model`, so a missing or corrupt directory gives the
+same clear error everywhere, and records :func:`model_hash` and
+:func:`chat_template_fingerprint`, so a number can always be traced to the exact weights and the
+exact chat template that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from evalkit.errors import EvalkitError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Files whose bytes decide what a model computes; logs and model cards do not count.
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")
+
+
+def model_hash(path: str | Path) -> str:
+    """sha256 over the weights, config and tokenizer files of a model directory."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        if file.suffix not in _HASHED_SUFFIXES or file.name.startswith("evalkit_"):
+            continue
+        digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def chat_template_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of the tokenizer's chat template; training, evaluation and serving all record it."""
+    template = tokenizer.chat_template
+    if not template:
+        return "none"
+    if isinstance(template, dict):  # named templates: hash them in a stable order
+        template = "\n".join(f"{k}\n{v}" for k, v in sorted(template.items()))
+    return hashlib.sha256(template.encode()).hexdigest()
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The device to run on: the one asked for, else CUDA when present, else the CPU."""
+    import torch
+
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(
+    path: str | Path, *, device: str | None = None, require_chat_template: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local directory, in eval mode.
+
+    >>> model, tokenizer = load_model(".evalkit/models/base-micro-...")
+    """
+    path = Path(path)
+    hint = "pass a directory written by save_pretrained (config.json, weights, tokenizer files)"
+    if not path.is_dir():
+        raise EvalkitError(f"model directory {path} does not exist", hint=hint)
+    if not (path / "config.json").is_file():
+        raise EvalkitError(
+            f"{path} holds no config.json, so it is not a model directory", hint=hint
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # transformers raises many types for a broken tokenizer
+        raise EvalkitError(f"cannot load the tokenizer in {path}: {exc}", hint=hint) from exc
+    if require_chat_template and not tokenizer.chat_template:
+        raise EvalkitError(
+            f"the tokenizer in {path} has no chat template",
+            hint="set tokenizer.chat_template and save it again; conversations need a template",
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path)
+    except Exception as exc:
+        raise EvalkitError(f"cannot load the model weights in {path}: {exc}", hint=hint) from exc
+    model.to(pick_device(device)).eval()
+    return model, tokenizer

@@ -1,0 +1,43 @@
+"""Shared fixtures: a micro base model built once per session, and system-package checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def binary_or_skip(name: str) -> str:
+    """Path of a system program; skip when it is missing, but fail under CI=true.
+
+    CI installs every system package the tests need, so a missing one there is a broken
+    install step, never a reason to pass by skipping.
+    """
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"system program {name!r} is not installed (see .ci/run for the package)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def require_binary():
+    return binary_or_skip
+
+
+@pytest.fixture(scope="session")
+def micro_workspace(tmp_path_factory):
+    from evalkit.workspace import open_workspace
+
+    return open_workspace(tmp_path_factory.mktemp("workspace"))
+
+
+@pytest.fixture(scope="session")
+def micro_model(micro_workspace):
+    """The micro base model, trained once for the whole session (a few seconds)."""
+    from finetune.base_model import build_base_model
+
+    return build_base_model(micro_workspace, "micro")

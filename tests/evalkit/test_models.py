@@ -1,0 +1,69 @@
+import shutil
+
+import pytest
+
+from evalkit.errors import EvalkitError
+from evalkit.models import chat_template_fingerprint, load_model, model_hash
+
+
+def test_loads_a_model_directory(micro_model):
+    model, tokenizer = load_model(micro_model, device="cpu")
+    assert not model.training
+    assert tokenizer.chat_template
+
+
+def test_missing_directory_is_named(tmp_path):
+    with pytest.raises(EvalkitError, match="does not exist") as info:
+        load_model(tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(info.value)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(EvalkitError, match=r"no config\.json"):
+        load_model(tmp_path)
+
+
+def test_corrupt_weights_are_reported(micro_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(micro_model, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(EvalkitError, match="cannot load the model weights"):
+        load_model(broken)
+
+
+def test_tokenizer_without_chat_template_is_refused(micro_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    plain = tmp_path / "plain"
+    shutil.copytree(micro_model, plain)
+    tokenizer = AutoTokenizer.from_pretrained(plain)
+    tokenizer.chat_template = None
+    for file in plain.glob("*.jinja"):
+        file.unlink()
+    tokenizer.save_pretrained(plain)
+    with pytest.raises(EvalkitError, match="no chat template"):
+        load_model(plain)
+    model, _ = load_model(plain, require_chat_template=False)
+    assert model is not None
+
+
+def test_model_hash_follows_the_weights_not_the_card(micro_model, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(micro_model, copy)
+    before = model_hash(copy)
+    assert before == model_hash(micro_model)
+    (copy / "README.md").write_text("a model card")
+    assert model_hash(copy) == before
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    assert model_hash(copy) != before
+
+
+def test_chat_template_fingerprint_changes_with_the_template(micro_model):
+    _, tokenizer = load_model(micro_model)
+    first = chat_template_fingerprint(tokenizer)
+    tokenizer.chat_template = tokenizer.chat_template + " "
+    assert chat_template_fingerprint(tokenizer) != first
+    tokenizer.chat_template = None
+    assert chat_template_fingerprint(tokenizer) == "none"
