@@ -26,6 +26,69 @@ def _cmd_data_corpus(args: argparse.Namespace) -> None:
     print(f"wrote {count} conversations of {args.name} to {args.out}")
 
 
+def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
+    result = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EvalkitError(f"{option} {pair!r}: expected NAME=VALUE")
+        result[key] = value
+    return result
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> None:
+    from finetune.prepare import PrepareConfig, prepare
+
+    try:
+        ratios = tuple(float(r) for r in args.split.split(","))
+    except ValueError:
+        raise EvalkitError(
+            f"--split {args.split!r}: expected three shares like 0.8,0.1,0.1"
+        ) from None
+    config = PrepareConfig(
+        format=args.format,
+        prompt_column=args.prompt_column,
+        response_column=args.response_column,
+        strict=args.strict,
+        strip_html=args.strip_html,
+        system_prompt=args.system_prompt,
+        default_system=args.default_system,
+        model=args.model,
+        min_tokens=args.min_tokens,
+        max_tokens=args.max_tokens,
+        require=_key_values(args.require, "--require"),
+        exclude=_key_values(args.exclude, "--exclude"),
+        scrub_pii=not args.no_pii,
+        exact_dedup=not args.no_dedup,
+        near_dedup=not args.no_dedup and not args.no_near_dedup,
+        near_dup_threshold=args.near_dup_threshold,
+        near_dup_action=args.near_dup_action,
+        balance_by=args.balance_by,
+        cap=args.cap,
+        upsample_to=args.upsample_to,
+        ratios=ratios if len(ratios) == 3 else (),
+        group_by=args.group_by,
+        seed=args.seed,
+        eval_sets=_key_values(args.eval_set, "--eval-set"),
+        ngram=args.ngram,
+        drop_contaminated=args.drop_contaminated,
+        max_length=args.max_length,
+    )
+    manifest = prepare(args.inputs, args.out, config)
+    counts = manifest["counts"]
+    print(
+        f"{args.out}: {counts['read']:,} read -> {counts['train']:,} train, "
+        f"{counts['validation']:,} validation, {counts['test']:,} test; "
+        f"{counts['dropped']:,} dropped (see dropped.jsonl and report.md)"
+    )
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> None:
+    from finetune.report import dataset_summary
+
+    print(dataset_summary(args.dir))
+
+
 def _cmd_base_model(args: argparse.Namespace) -> None:
     from evalkit.workspace import open_workspace
     from finetune.base_model import base_model_config, build_base_model, summary
@@ -67,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("name", help="chitchat, topics or support")
     corpus.add_argument("--out", required=True, metavar="FILE", help="JSONL file to write")
     corpus.set_defaults(func=_cmd_data_corpus)
+    _add_prepare_parser(data_commands)
+    stats = data_commands.add_parser(
+        "stats",
+        help="describe a prepared dataset directory",
+        description="Print the report of a dataset directory, checking its files against the "
+        "manifest.",
+    )
+    stats.add_argument("dir", help="dataset directory written by `evalkit data prepare`")
+    stats.set_defaults(func=_cmd_data_stats)
 
     finetune = commands.add_parser("finetune", help="train models")
     ft_commands = finetune.add_subparsers(dest="finetune_command", required=True, metavar="COMMAND")
@@ -90,6 +162,48 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", default="default", help="base model size: default or micro")
     demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_prepare_parser(commands) -> None:
+    p = commands.add_parser(
+        "prepare",
+        help="clean, scrub, deduplicate, balance and split raw chats into a dataset",
+        description="Turn raw chat files into a dataset directory (train/validation/test.jsonl, "
+        "manifest.json, dropped.jsonl, report.md). Every record read is kept or dropped with its "
+        "file, line and reason.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="FILE or NAME=FILE (source name)")
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
+    p.add_argument("--format", default="auto", help="auto, messages, sharegpt, alpaca or csv")
+    p.add_argument("--prompt-column", default="prompt", help="CSV prompt column")
+    p.add_argument("--response-column", default="response", help="CSV response column")
+    p.add_argument("--strict", action="store_true", help="exit non-zero on any bad record")
+    p.add_argument("--strip-html", action="store_true", help="remove HTML tags from turns")
+    p.add_argument("--system-prompt", default="keep", help="keep or remove system turns")
+    p.add_argument("--default-system", metavar="TEXT", help="add this system turn where none")
+    p.add_argument("--model", metavar="DIR", help="model whose tokenizer measures tokens")
+    p.add_argument("--min-tokens", type=int, help="drop conversations shorter than this")
+    p.add_argument("--max-tokens", type=int, help="drop conversations longer than this")
+    p.add_argument("--require", action="append", metavar="FIELD=VALUE", help="keep only these")
+    p.add_argument("--exclude", action="append", metavar="FIELD=VALUE", help="drop these")
+    p.add_argument("--no-pii", action="store_true", help="do not scrub PII")
+    p.add_argument("--no-dedup", action="store_true", help="no deduplication at all")
+    p.add_argument("--no-near-dedup", action="store_true", help="exact deduplication only")
+    p.add_argument("--near-dup-threshold", type=float, default=0.8, help="Jaccard (default 0.8)")
+    p.add_argument(
+        "--near-dup-action", default="drop", help="drop, or group (keep them in one split)"
+    )
+    p.add_argument("--balance-by", metavar="FIELD", help="metadata field to balance, e.g. topic")
+    p.add_argument("--cap", type=int, help="at most this many records per class")
+    p.add_argument("--upsample-to", type=int, help="repeat training records of small classes")
+    p.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test shares")
+    p.add_argument("--group-by", default="conversation_id", help="records kept in one split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-set", action="append", metavar="NAME=FILE", help="check overlap")
+    p.add_argument("--ngram", type=int, default=13, help="n-gram size for contamination")
+    p.add_argument("--drop-contaminated", action="store_true", help="drop overlapping records")
+    p.add_argument("--max-length", type=int, default=1024, help="report truncation at this")
+    p.set_defaults(func=_cmd_data_prepare)
 
 
 def _configure_logging(verbosity: int) -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Files whose bytes decide what a model computes; logs and model cards do not count.
+_MODEL_DIR_HINT = "pass a directory written by save_pretrained (config.json, weights, tokenizer)"
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")
 
 
@@ -55,6 +56,37 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise EvalkitError(f"model directory {path} does not exist", hint=_MODEL_DIR_HINT)
+    if not (path / "config.json").is_file():
+        raise EvalkitError(
+            f"{path} holds no config.json, so it is not a model directory", hint=_MODEL_DIR_HINT
+        )
+
+
+def load_tokenizer(
+    path: str | Path, *, require_chat_template: bool = True
+) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a local model directory; it must carry a chat template."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    _check_model_dir(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # transformers raises many types for a broken tokenizer
+        raise EvalkitError(
+            f"cannot load the tokenizer in {path}: {exc}", hint=_MODEL_DIR_HINT
+        ) from exc
+    if require_chat_template and not tokenizer.chat_template:
+        raise EvalkitError(
+            f"the tokenizer in {path} has no chat template",
+            hint="set tokenizer.chat_template and save it again; conversations need a template",
+        )
+    return tokenizer
+
+
 def load_model(
     path: str | Path, *, device: str | None = None, require_chat_template: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -62,28 +94,15 @@ def load_model(
 
     >>> model, tokenizer = load_model(".evalkit/models/base-micro-...")
     """
-    path = Path(path)
-    hint = "pass a directory written by save_pretrained (config.json, weights, tokenizer files)"
-    if not path.is_dir():
-        raise EvalkitError(f"model directory {path} does not exist", hint=hint)
-    if not (path / "config.json").is_file():
-        raise EvalkitError(
-            f"{path} holds no config.json, so it is not a model directory", hint=hint
-        )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as exc:  # transformers raises many types for a broken tokenizer
-        raise EvalkitError(f"cannot load the tokenizer in {path}: {exc}", hint=hint) from exc
-    if require_chat_template and not tokenizer.chat_template:
-        raise EvalkitError(
-            f"the tokenizer in {path} has no chat template",
-            hint="set tokenizer.chat_template and save it again; conversations need a template",
-        )
+    path = Path(path)
+    tokenizer = load_tokenizer(path, require_chat_template=require_chat_template)
     try:
         model = AutoModelForCausalLM.from_pretrained(path)
     except Exception as exc:
-        raise EvalkitError(f"cannot load the model weights in {path}: {exc}", hint=hint) from exc
+        raise EvalkitError(
+            f"cannot load the model weights in {path}: {exc}", hint=_MODEL_DIR_HINT
+        ) from exc
     model.to(pick_device(device)).eval()
     return model, tokenizer
