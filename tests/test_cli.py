@@ -85,3 +85,4 @@ def test_demo_runs_on_the_micro_model(micro_workspace, micro_model, capsys):
     out = capsys.readouterr().out
     assert "corpus chitchat: 7,168 conversations" in out
     assert "corpus support:" in out and "validation perplexity" in out
+    assert "dataset: " in out and "dropped with their reasons" in out
