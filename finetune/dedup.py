@@ -79,6 +79,25 @@ def _make_lsh(threshold: float, num_perm: int) -> MinHashLSH:
         return MinHashLSH(threshold=threshold, num_perm=num_perm, params=(2, num_perm // 2))
 
 
+class UnionFind:
+    """Disjoint sets of indices whose root is always the smallest index (the first member)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+
 def near_duplicate_clusters(
     texts: Sequence[str],
     *,
@@ -101,19 +120,8 @@ def near_duplicate_clusters(
     if num_perm < 2:
         raise ValueError(f"num_perm must be >= 2, got {num_perm!r}")
 
-    # Union-find whose root is always the smallest index, i.e. the first text of the cluster.
-    parent = list(range(len(texts)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
+    clusters = UnionFind(len(texts))
+    find, union = clusters.find, clusters.union
 
     # Exact duplicates (after normalization) have equal shingle sets: one sketch per distinct text.
     first_index: dict[str, int] = {}
@@ -124,7 +132,7 @@ def near_duplicate_clusters(
         if first == i:
             normalized[i] = norm
         else:
-            parent[i] = first
+            union(i, first)
 
     # Shingle sets are kept only for texts that take part in a candidate pair.
     kept: dict[int, set[str]] = {}

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import time
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,10 +21,10 @@ from pathlib import Path
 
 from evalkit.errors import EvalkitError
 from finetune.formats import FORMATS, InputSpec, Record, read_input
+from finetune.split import SPLITS, assign_splits, seeded_key
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 ROLES = ("system", "user", "assistant")
 # Stages whose drops mean the input is broken (``strict`` fails on them), not a policy choice.
 ERROR_STAGES = ("read", "validate")
@@ -169,49 +168,6 @@ def _validate(conv: dict, cfg: PrepareConfig) -> tuple[str, str] | None:
     return None
 
 
-def _union_find(n: int):
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-
-    return find, union
-
-
-def _seeded_key(seed: int, key: str) -> int:
-    return zlib.crc32(f"{seed}:{key}".encode())
-
-
-def split_groups(group_keys: Sequence[str], ratios: Sequence[float], seed: int) -> list[str]:
-    """Assign each item a split so that items with the same group key share one.
-
-    Groups are ordered by a seeded hash of their key and cut where the running share of items
-    crosses each ratio: exact shares for large data, and the same assignment whenever the same
-    records come back (so preparing a prepared dataset changes nothing).
-    """
-    sizes = Counter(group_keys)
-    order = sorted(sizes, key=lambda k: (_seeded_key(seed, k), k))
-    bounds = [ratios[0], ratios[0] + ratios[1]]
-    total = len(group_keys)
-    assignment = {}
-    seen = 0
-    for key in order:
-        share = (seen + sizes[key] / 2) / total  # the group's midpoint decides
-        assignment[key] = (
-            SPLITS[0] if share < bounds[0] else SPLITS[1] if share < bounds[1] else SPLITS[2]
-        )
-        seen += sizes[key]
-    return [assignment[k] for k in group_keys]
-
-
 def _token_lengths(tokenizer, convs: Sequence[dict]) -> list[int]:
     if not convs:
         return []
@@ -309,19 +265,8 @@ def prepare(inputs: Sequence[str | InputSpec], out: str | Path, config: PrepareC
 
     # split
     started = time.perf_counter()
-    find, union = _union_find(len(items))
-    first_with: dict[str, int] = {}
-    for i, item in enumerate(items):
-        key = str(item.conv.get(cfg.group_by) or item.conv["id"])
-        union(i, first_with.setdefault(key, i))
-    for i, j in near_clusters:
-        union(i, j)
-    roots = [find(i) for i in range(len(items))]
-    group_name = {}
-    for i, root in enumerate(roots):  # a group is named by its smallest key: order-free
-        key = str(items[i].conv.get(cfg.group_by) or items[i].conv["id"])
-        group_name[root] = min(group_name.get(root, key), key)
-    assignment = split_groups([group_name[r] for r in roots], cfg.ratios, cfg.seed)
+    keys = [str(it.conv.get(cfg.group_by) or it.conv["id"]) for it in items]
+    assignment, n_groups = assign_splits(keys, near_clusters, cfg.ratios, cfg.seed)
     splits: dict[str, list[_Item]] = {s: [] for s in SPLITS}
     for item, split in zip(items, assignment):
         splits[split].append(item)
@@ -331,7 +276,7 @@ def prepare(inputs: Sequence[str | InputSpec], out: str | Path, config: PrepareC
         len(items),
         started,
         sizes={s: len(v) for s, v in splits.items()},
-        groups=len(set(roots)),
+        groups=n_groups,
     )
 
     contamination = _contamination(ledger, splits, cfg)
@@ -501,7 +446,7 @@ def _cap(ledger: _Ledger, items: list[_Item], cfg: PrepareConfig) -> list[_Item]
     keep: set[int] = set()
     for label, members in by_class.items():
         ranked = sorted(
-            members, key=lambda it: (_seeded_key(cfg.seed, str(it.conv["id"])), str(it.conv["id"]))
+            members, key=lambda it: (seeded_key(cfg.seed, str(it.conv["id"])), str(it.conv["id"]))
         )
         keep.update(id(it) for it in ranked[: cfg.cap])
         for it in ranked[cfg.cap :]:
@@ -529,7 +474,7 @@ def _upsample(splits: dict[str, list[_Item]], cfg: PrepareConfig) -> list[_Item]
         by_class[str(item.conv.get(cfg.balance_by, "(none)"))].append(item)
     copies = []
     for label in sorted(by_class):
-        members = sorted(by_class[label], key=lambda it: _seeded_key(cfg.seed, str(it.conv["id"])))
+        members = sorted(by_class[label], key=lambda it: seeded_key(cfg.seed, str(it.conv["id"])))
         for k in range(max(0, cfg.upsample_to - len(members))):
             copies.append(members[k % len(members)])
     splits["train"] = splits["train"] + copies

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from evalkit.cli import main
 from evalkit.errors import EvalkitError
-from finetune.prepare import SPLITS, PrepareConfig, prepare, split_groups
+from finetune.prepare import PrepareConfig, prepare
+from finetune.split import SPLITS, split_groups
 
 WORDS = [
     "alpha",
