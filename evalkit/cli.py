@@ -8,7 +8,9 @@ imported inside the commands, so ``evalkit --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -99,6 +101,85 @@ def _cmd_base_model(args: argparse.Namespace) -> None:
     print(summary(path))
 
 
+TRAIN_HELP = {
+    "assistant_only": "loss on the assistant's tokens only (--no-assistant-only: every token)",
+    "packing": "pack several conversations per row (--no-packing: one per row)",
+    "max_length": "tokens per row (default: the model's context length)",
+    "truncate": "cut conversations over max-length instead of leaving them out",
+    "lora": "train LoRA adapters (peft) and merge them into model/",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "lora_dropout": "LoRA dropout",
+    "freeze_layers": "freeze the embeddings and the first N blocks",
+    "learning_rate": "peak learning rate",
+    "schedule": "cosine, linear or constant, after the warm-up",
+    "warmup_steps": "linear warm-up steps",
+    "batch_size": "rows per process per micro-step",
+    "grad_accum": "micro-steps per optimizer step",
+    "epochs": "passes over the training rows",
+    "max_steps": "optimizer steps (overrides --epochs)",
+    "weight_decay": "AdamW weight decay on matrices",
+    "dropout": "set every dropout of the model to this",
+    "seed": "seed for initialization, data order and dropout",
+    "eval_every": "validation loss every N steps",
+    "patience": "stop after N evaluations without improvement",
+    "save_every": "checkpoint every N steps",
+    "log_every": "a line in metrics.jsonl every N steps",
+    "device": "cpu, cuda or cuda:N (default: CUDA when present)",
+}
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; defaults stay in the dataclass (None = not given)."""
+    from dataclasses import MISSING, fields
+
+    from finetune.train import TrainConfig
+
+    for f in fields(TrainConfig):
+        if f.name not in TRAIN_HELP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{TRAIN_HELP[f.name]} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+
+
+def _train_config(args: argparse.Namespace):
+    from dataclasses import fields
+
+    from finetune.train import TrainConfig
+
+    given = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.config:
+        return TrainConfig.from_file(args.config, **given)
+    return TrainConfig(**given)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from finetune.train import train
+
+    config = _train_config(args)
+    for name in ("base", "data", "out"):
+        if not getattr(config, name):
+            raise EvalkitError(f"--{name} is required (or set it in --config)")
+    run = train(config, resume=args.resume)
+    summary = json.loads((run / "summary.json").read_text())
+    best = summary["best_val_loss"]
+    ppl = f", best validation perplexity {math.exp(best):.2f}" if best is not None else ""
+    print(f"run: {run} ({summary['steps']} steps{ppl}); model: {run / 'model'}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from evalkit.demo import run_demo
 
@@ -153,6 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--max-steps", type=int, help="override the number of training steps")
     base.add_argument("--force", action="store_true", help="retrain even if cached")
     base.set_defaults(func=_cmd_base_model)
+    train = ft_commands.add_parser(
+        "train",
+        help="fine-tune a chat model on a prepared dataset",
+        description="Supervised fine-tuning (full or LoRA) of a model directory on a dataset "
+        "directory, into a run directory: config.json, metrics.jsonl, checkpoints/, model/, "
+        "best/ and a model card. Runs unchanged under torchrun (DDP).",
+    )
+    train.add_argument("--base", help="base model directory (Hugging Face format)")
+    train.add_argument("--data", help="dataset directory from `evalkit data prepare`")
+    train.add_argument("--out", help="run directory to create")
+    train.add_argument("--config", metavar="FILE", help="TOML or JSON with any of the options")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    _add_train_options(train)
+    train.set_defaults(func=_cmd_train)
 
     demo = commands.add_parser(
         "demo",

@@ -3,8 +3,9 @@
 ``scrub`` replaces e-mail addresses, secrets in URLs, IBANs, card numbers, IP addresses and phone
 numbers with ``<EMAIL>``, ``<URL_SECRET>``, ``<IBAN>``, ``<CREDIT_CARD>``, ``<IPV4>``, ``<IPV6>``
 and ``<PHONE>``, and counts what it replaced. Candidates that carry a checksum or a strict syntax
-are validated before they are replaced (IBAN mod-97, card Luhn, ``ipaddress`` for IPv6, octet
-range for IPv4), so order numbers, versions, times, dates and prices survive.
+are validated before they are replaced (IBAN mod-97; card length, network digit and Luhn;
+``ipaddress`` for IPv6; octet range for IPv4), so order numbers, versions, times, dates and prices
+survive.
 
 The types run in the order of ``PII_TYPES``, each on the output of the one before:
 
@@ -21,7 +22,7 @@ Replacing one type can expose another (a card glued to a phone number is one dig
 phone is taken out), so the passes repeat until one changes nothing. A replacement never includes
 a placeholder's characters and each one shrinks the unscrubbed text, so this ends, and it makes
 ``scrub`` idempotent by construction. Text without PII costs one pass, and each type is skipped
-outright when the text lacks the character it needs (``@``, a digit, ``:``, ``=``).
+outright when the text lacks the characters it needs (``@``, ``::``, ``=``, enough digits).
 """
 
 from __future__ import annotations
@@ -82,14 +83,18 @@ _EMAIL_RE = re.compile(
 # Country code, two check digits, then up to 30 upper-case alphanumerics: one word, or groups of
 # four separated by single spaces with a shorter last group. A grouped match may run on into the
 # next word (`... 7034 THEN`), so the check backs off group by group.
+# This pattern and those for cards and IPv4 consume their first character before looking behind
+# it (here `(?<!\w[A-Z])` is `\b` before the first letter): `re` scans for a leading character
+# class in C, which makes the search two to three times faster than a leading lookbehind.
 _IBAN_RE = re.compile(
-    r"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)\b", re.ASCII
+    r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)\b",
+    re.ASCII,
 )
 
 # A whole run of digits joined by single spaces or dashes (possessive: never a piece of a longer
 # run), not glued to a word, a decimal point, a `+` (phone) or another number. The length and the
 # Luhn check are done on the match.
-_CARD_RE = re.compile(r"(?<![\w+.,])(?<!\d[ -])\d(?:[ -]?\d)*+(?!\w|[.,]\d)", re.ASCII)
+_CARD_RE = re.compile(r"\d(?<![\w+.,]\d)(?<!\d[ -]\d)(?:[ -]?\d)*+(?!\w|[.,]\d)", re.ASCII)
 
 # Colon-separated hex groups, at least two colons, optionally ending in an embedded IPv4 and a
 # zone id; `ipaddress` decides. Not after `x[` so that a slice such as `a[::2]` is left alone
@@ -106,7 +111,7 @@ _IPV6_RE = re.compile(
 )
 
 # Four dotted numbers, not part of a longer dotted number (`1.2.3.4.5`) or a word (`v1.2.3.4`).
-_IPV4_RE = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)", re.ASCII)
+_IPV4_RE = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?!\w|\.\d)", re.ASCII)
 
 # Phone shapes: international (`+` and groups), and national ones with separators. Those that
 # start with a digit must be a whole run of digit groups (not after or before `digit +
@@ -238,40 +243,66 @@ def _scrub_email(text: str) -> tuple[str, int]:
     return _EMAIL_RE.subn("<EMAIL>", text)
 
 
-def _has_ipv6_colons(text: str) -> bool:
+def _scrub_iban(text: str) -> tuple[str, int]:
+    return _sub(_IBAN_RE, text, "<IBAN>", _check_iban)
+
+
+def _scrub_card(text: str) -> tuple[str, int]:
+    return _sub(_CARD_RE, text, "<CREDIT_CARD>", _check_card)
+
+
+def _scrub_ipv6(text: str) -> tuple[str, int]:
+    return _sub(_IPV6_RE, text, "<IPV6>", _check_ipv6)
+
+
+def _scrub_ipv4(text: str) -> tuple[str, int]:
+    return _sub(_IPV4_RE, text, "<IPV4>", _check_ipv4)
+
+
+def _scrub_phone(text: str) -> tuple[str, int]:
+    return _sub(_PHONE_RE, text, "<PHONE>", _check_phone)
+
+
+def _may_hold_url_secret(text: str) -> bool:
+    return "://" in text or "=" in text
+
+
+def _may_hold_email(text: str) -> bool:
+    return "@" in text
+
+
+def _may_hold_ipv6(text: str) -> bool:
     """Compressed forms hold `::`; full ones (embedded IPv4 included) at least six colons."""
     return "::" in text or text.count(":") >= 6
 
 
-# Per type: the cheap pre-check and the scrubber. `needs_digit` types are skipped for text
-# without digits; the pre-checks cost one C-level scan each.
-_SCRUBBERS: dict[str, tuple[bool, Callable[[str], bool], Callable[[str], tuple[str, int]]]] = {
-    "URL_SECRET": (False, lambda t: "://" in t or "=" in t, _scrub_url_secret),
-    "EMAIL": (False, lambda t: "@" in t, _scrub_email),
-    "IBAN": (True, lambda t: True, lambda t: _sub(_IBAN_RE, t, "<IBAN>", _check_iban)),
-    "CREDIT_CARD": (
-        True,
-        lambda t: True,
-        lambda t: _sub(_CARD_RE, t, "<CREDIT_CARD>", _check_card),
-    ),
-    "IPV6": (False, _has_ipv6_colons, lambda t: _sub(_IPV6_RE, t, "<IPV6>", _check_ipv6)),
-    "IPV4": (True, lambda t: "." in t, lambda t: _sub(_IPV4_RE, t, "<IPV4>", _check_ipv4)),
-    "PHONE": (True, lambda t: True, lambda t: _sub(_PHONE_RE, t, "<PHONE>", _check_phone)),
-}
-
-_Step = tuple[bool, Callable[[str], bool], Callable[[str], tuple[str, int]], str]
+def _may_hold_ipv4(text: str) -> bool:
+    return "." in text
 
 
-def _steps(types: Iterable[str]) -> list[_Step]:
-    """The scrubbers for ``types``, in ``PII_TYPES`` order."""
+# (type, fewest digits it can hold, cheap pre-check or None, scrubber), in PII_TYPES order. A type
+# is skipped when the text has too few digits or fails its pre-check (one C-level scan each), so
+# clean text costs a few scans and no pattern search.
+_Step = tuple[str, int, Callable[[str], bool] | None, Callable[[str], tuple[str, int]]]
+_STEPS: tuple[_Step, ...] = (
+    ("URL_SECRET", 0, _may_hold_url_secret, _scrub_url_secret),
+    ("EMAIL", 0, _may_hold_email, _scrub_email),
+    ("IBAN", 2, None, _scrub_iban),
+    ("CREDIT_CARD", 13, None, _scrub_card),
+    ("IPV6", 0, _may_hold_ipv6, _scrub_ipv6),
+    ("IPV4", 4, _may_hold_ipv4, _scrub_ipv4),
+    ("PHONE", 7, None, _scrub_phone),
+)
+assert tuple(step[0] for step in _STEPS) == PII_TYPES
+
+
+def _steps(types: Iterable[str]) -> tuple[_Step, ...]:
+    """The steps for ``types``, in ``PII_TYPES`` order."""
     wanted = set(types)
     unknown = wanted - set(PII_TYPES)
     if unknown:
         raise ValueError(f"unknown PII types {sorted(unknown)}; known: {', '.join(PII_TYPES)}")
-    return [(*_SCRUBBERS[name], name) for name in PII_TYPES if name in wanted]
-
-
-_ALL_STEPS = _steps(PII_TYPES)
+    return tuple(step for step in _STEPS if step[0] in wanted)
 
 
 def scrub(text: str, types: Iterable[str] = PII_TYPES) -> tuple[str, Counter[str]]:
@@ -280,13 +311,13 @@ def scrub(text: str, types: Iterable[str] = PII_TYPES) -> tuple[str, Counter[str
 
     ``types`` picks a subset of ``PII_TYPES``; they always run in ``PII_TYPES`` order.
     """
-    steps = _ALL_STEPS if types is PII_TYPES else _steps(types)
+    steps = _STEPS if types is PII_TYPES else _steps(types)
     counts: Counter[str] = Counter()
-    has_digit = _DIGIT_RE.search(text) is not None  # replacements never add a digit
+    digits = len(_DIGIT_RE.findall(text))  # replacements only ever remove digits
     while True:
         replaced = 0
-        for needs_digit, precheck, scrubber, name in steps:
-            if (needs_digit and not has_digit) or not precheck(text):
+        for name, min_digits, precheck, scrubber in steps:
+            if digits < min_digits or (precheck is not None and not precheck(text)):
                 continue
             text, n = scrubber(text)
             if n:

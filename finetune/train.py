@@ -1,0 +1,579 @@
+"""Supervised fine-tuning of a chat model on a prepared dataset directory.
+
+One loop, read top to bottom: load the model and the data, pack conversations into rows,
+train with AdamW and a warm-up + decay schedule, evaluate every ``eval_every`` steps, keep the
+best model, stop early, checkpoint often. The same code runs on the CPU, on CUDA (bf16
+autocast, fused AdamW) and under ``torchrun`` with DDP.
+
+A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``model/`` (the
+final weights, Hugging Face format), ``best/`` (the best by validation loss) and ``README.md``
+(the model card).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from evalkit.errors import EvalkitError
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved as the run's ``config.json``."""
+
+    base: str = ""  # model directory (Hugging Face format, with a chat template)
+    data: str = ""  # dataset directory from `evalkit data prepare`
+    out: str = ""  # run directory
+    # what to learn
+    assistant_only: bool = True  # loss on the assistant's tokens only
+    packing: bool = True
+    max_length: int | None = None  # None: the model's context length
+    truncate: bool = False  # cut conversations over max_length instead of leaving them out
+    # how
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    freeze_layers: int = 0  # freeze the embeddings and this many first blocks (full tuning)
+    learning_rate: float = 1e-3  # suits the small embedded model; large models want ~1e-5
+    schedule: str = "cosine"
+    warmup_steps: int = 10
+    batch_size: int = 8  # rows per process per micro-step
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    weight_decay: float = 0.0
+    dropout: float | None = None  # None: keep the model's own
+    seed: int = 0
+    # when
+    eval_every: int = 50
+    patience: int | None = None  # evaluations without improvement before stopping
+    save_every: int = 100
+    log_every: int = 10
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise EvalkitError(f"unknown schedule {self.schedule!r}: use {', '.join(SCHEDULES)}")
+        for name in ("batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise EvalkitError(f"{name} must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise EvalkitError("max_steps must be at least 1")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
+        """Read a TOML or JSON config; ``overrides`` (e.g. from the command line) win."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+            if path.suffix == ".toml":
+                import tomllib
+
+                values = tomllib.loads(text)
+            else:
+                values = json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise EvalkitError(f"cannot read config {path}: {exc}") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"did you mean: {close[0]}?" if close else "see `evalkit finetune train --help`"
+            raise EvalkitError(f"{path}: unknown option {unknown[0]!r}", hint=hint)
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+class _Stop:
+    """Set by SIGTERM/SIGINT; the loop checkpoints at the end of the step and stops."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> _Stop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _read_split(data: Path, split: str) -> list[list[dict]]:
+    from finetune.corpora import read_jsonl
+
+    path = data / f"{split}.jsonl"
+    if not path.is_file():
+        raise EvalkitError(
+            f"{data} has no {split}.jsonl", hint="pass a directory from `evalkit data prepare`"
+        )
+    return [r["messages"] for r in read_jsonl(path)]
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule == "linear":
+            return 1 - progress
+        return 1.0
+
+    return factor
+
+
+def _set_dropout(model, p: float) -> None:
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
+def _freeze(model, n_layers: int) -> None:
+    """Freeze the input embeddings and the first ``n_layers`` transformer blocks."""
+    model.get_input_embeddings().requires_grad_(False)
+    blocks = next(
+        (m for m in model.modules() if m.__class__.__name__ == "ModuleList" and len(m) > 0), None
+    )
+    if blocks is None or n_layers > len(blocks):
+        raise EvalkitError(f"cannot freeze {n_layers} layers: the model has fewer blocks")
+    for block in blocks[:n_layers]:
+        block.requires_grad_(False)
+
+
+def _loss_sums(model, batch, device, autocast):
+    """Summed token NLL and the number of target tokens of a batch of packed rows."""
+    import torch
+
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with autocast():
+        logits = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits
+    labels = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    return nll, (labels != -100).sum()
+
+
+def _distributed(device: str | None):
+    """(rank, world size, device) from torchrun's environment; one process otherwise."""
+    import torch
+
+    from evalkit.models import pick_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, pick_device(device)
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def _atomic_dir(final: Path, write) -> None:
+    """Write a directory under a temporary name, then rename it: never half a checkpoint."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EvalkitError(
+            f"cannot write {final}: {exc.strerror or exc}",
+            hint="free disk space; the previous checkpoint is intact, resume with --resume",
+        ) from exc
+
+
+def _save_model(model, tokenizer, lora: bool, path: Path) -> None:
+    """A plain Hugging Face model directory; LoRA adapters merged into a copy of the model."""
+    import copy
+
+    def write(tmp: Path) -> None:
+        plain = copy.deepcopy(model).merge_and_unload() if lora else model
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    _atomic_dir(path, write)
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _latest_checkpoint(run: Path) -> Path | None:
+    found = sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+    return found[-1] if found else None
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> Path:
+    """Fine-tune ``config.base`` on ``config.data`` into the run directory ``config.out``.
+
+    >>> train(TrainConfig(base="base-model", data="dataset", out="runs/r1", max_steps=100))
+    """
+    import numpy as np
+    import torch
+
+    from evalkit.models import chat_template_fingerprint, load_model, model_hash
+    from finetune.packing import collate, encode, pack
+
+    cfg = config
+    run, data = Path(cfg.out), Path(cfg.data)
+    if resume:
+        saved = run / "config.json"
+        if not saved.is_file():
+            raise EvalkitError(f"nothing to resume in {run}: no config.json")
+        previous = json.loads(saved.read_text())
+        changed = [k for k, v in asdict(cfg).items() if previous.get(k) != v and k != "max_steps"]
+        if changed:
+            raise EvalkitError(
+                f"--resume with different options: {', '.join(changed)}",
+                hint="resume with the options of the run, or start a new run directory",
+            )
+    elif (run / "config.json").exists():
+        raise EvalkitError(
+            f"run directory {run} already holds a run", hint="use --resume or another --out"
+        )
+    rank, world, device = _distributed(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    model, tokenizer = load_model(cfg.base, device="cpu")
+    base_hash = model_hash(cfg.base)
+    max_length = cfg.max_length or model.config.max_position_embeddings
+    manifest_path = data / "manifest.json"
+    dataset_hash = (
+        json.loads(manifest_path.read_text()).get("dataset_hash")
+        if manifest_path.exists()
+        else None
+    )
+    splits = {}
+    for split in ("train", "validation"):
+        splits[split] = encode(
+            tokenizer,
+            _read_split(data, split),
+            max_length=max_length,
+            assistant_only=cfg.assistant_only,
+            truncate=cfg.truncate,
+        )
+    train_set, val_set = splits["train"], splits["validation"]
+    if not train_set.input_ids:
+        reason = (
+            f"all {train_set.too_long} are longer than max_length {max_length}"
+            if train_set.too_long
+            else "it is empty or has nothing to learn from"
+        )
+        raise EvalkitError(
+            f"no training example in {data / 'train.jsonl'}: {reason}",
+            hint="raise --max-length, pass --truncate, or prepare more data",
+        )
+
+    def rows_of(encoded):
+        lengths = [len(x) for x in encoded.input_ids]
+        return pack(lengths, max_length) if cfg.packing else [[i] for i in range(len(lengths))]
+
+    train_rows, val_rows = rows_of(train_set), rows_of(val_set)
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    steps_per_epoch = len(train_rows) // global_batch
+    if steps_per_epoch == 0:
+        raise EvalkitError(
+            f"{len(train_rows)} packed rows are fewer than one global batch ({global_batch})",
+            hint="lower --batch-size or --grad-accum, or prepare more data",
+        )
+    total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    tokens_in_rows = sum(len(train_set.input_ids[i]) for row in train_rows for i in row)
+    padding = 1 - tokens_in_rows / (len(train_rows) * max_length) if cfg.packing else None
+
+    if cfg.dropout is not None:
+        _set_dropout(model, cfg.dropout)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type="CAUSAL_LM",
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+            ),
+        )
+    elif cfg.freeze_layers:
+        _freeze(model, cfg.freeze_layers)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.learning_rate,
+        fused=device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
+    trained = model
+    if world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(model)
+
+    def autocast():
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    state = {"step": 0, "best_loss": math.inf, "best_step": None, "stale_evals": 0}
+    if resume and (checkpoint := _latest_checkpoint(run)):
+        model.load_state_dict(torch.load(checkpoint / "model.pt", map_location=device))
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device))
+        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt"))
+        state = json.loads((checkpoint / "state.json").read_text())
+        _set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=False))
+        log.info("resumed from %s", checkpoint)
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    def evaluate() -> float:
+        model.eval()
+        nll, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(val_rows), cfg.batch_size):
+                batch = collate(
+                    val_set, val_rows[start : start + cfg.batch_size], tokenizer.pad_token_id or 0
+                )
+                s, n = _loss_sums(model, batch, device, autocast)
+                nll, count = nll + s.item(), count + n.item()
+        model.train()
+        return nll / count if count else math.nan
+
+    def checkpoint_now() -> None:
+        if rank != 0:
+            return
+
+        def write(tmp: Path) -> None:
+            torch.save(model.state_dict(), tmp / "model.pt")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(_rng_state(), tmp / "rng.pt")
+            (tmp / "state.json").write_text(json.dumps(state))
+
+        _atomic_dir(run / "checkpoints" / f"step-{state['step']}", write)
+        for old in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))[:-2]:
+            shutil.rmtree(old)
+
+    def rows_for_step(step: int) -> list[list[int]]:
+        """This process's rows for a step: the data order is a function of the step alone."""
+        epoch, index = divmod(step, steps_per_epoch)
+        order = torch.randperm(
+            len(train_rows), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        ).tolist()
+        chunk = order[index * global_batch : (index + 1) * global_batch]
+        return [train_rows[i] for i in chunk[rank::world]]
+
+    from tqdm.auto import tqdm
+
+    model.train()
+    stopped_by = None
+    window_tokens, window_start = 0, time.perf_counter()
+    with _Stop() as stop:
+        bar = tqdm(
+            total=total_steps,
+            initial=state["step"],
+            desc="fine-tuning",
+            disable=None if rank == 0 else True,
+        )
+        while state["step"] < total_steps:
+            step = state["step"]
+            mine = rows_for_step(step)
+            micro = [mine[i :: cfg.grad_accum] for i in range(cfg.grad_accum)]
+            batches = [collate(train_set, rows, tokenizer.pad_token_id or 0) for rows in micro]
+            # Normalize by the target tokens of the whole global batch, so one process and N
+            # processes (and any accumulation) give the same gradient.
+            count = torch.tensor(float(sum((b["labels"][:, 1:] != -100).sum() for b in batches)))
+            if world > 1:
+                torch.distributed.all_reduce(count)
+            total_nll = 0.0
+            for k, batch in enumerate(batches):
+                sync = k == len(batches) - 1 or world == 1
+                context = trained.no_sync() if not sync else contextlib.nullcontext()
+                with context:
+                    nll, _ = _loss_sums(trained, batch, device, autocast)
+                    (nll * world / count).backward()
+                total_nll += nll.item()
+            if world > 1:
+                summed = torch.tensor(total_nll)
+                torch.distributed.all_reduce(summed)
+                total_nll = summed.item()
+            loss = total_nll / count.item()
+            if not math.isfinite(loss):
+                last = _latest_checkpoint(run)
+                raise EvalkitError(
+                    f"the loss became {loss} at step {step + 1}",
+                    hint=f"lower --learning-rate; the last good checkpoint is {last}"
+                    if last
+                    else "lower --learning-rate",
+                )
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step + 1
+            # non-padding tokens, counted on this process, times the processes
+            window_tokens += world * sum(len(train_set.input_ids[i]) for row in mine for i in row)
+            bar.update(1)
+            record = None
+            if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": state["step"],
+                    "loss": round(loss, 5),
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": round(window_tokens / elapsed, 1),
+                }
+                window_tokens, window_start = 0, time.perf_counter()
+            if val_rows and (state["step"] % cfg.eval_every == 0 or state["step"] == total_steps):
+                val_loss = evaluate()
+                record = (record or {"step": state["step"]}) | {
+                    "val_loss": round(val_loss, 5),
+                    "val_ppl": round(math.exp(val_loss), 4),
+                }
+                if val_loss < state["best_loss"]:
+                    state.update(best_loss=val_loss, best_step=state["step"], stale_evals=0)
+                    if rank == 0:
+                        _save_model(model, tokenizer, cfg.lora, run / "best")
+                else:
+                    state["stale_evals"] += 1
+            if record and rank == 0:
+                with open(run / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            early = cfg.patience is not None and state["stale_evals"] >= cfg.patience
+            if stop.signal or early or state["step"] % cfg.save_every == 0:
+                checkpoint_now()
+            if stop.signal:
+                stopped_by = signal.Signals(stop.signal).name
+                break
+            if early:
+                log.info("early stop at step %d", state["step"])
+                break
+        bar.close()
+    if stopped_by:
+        raise EvalkitError(
+            f"stopped by {stopped_by} at step {state['step']}; checkpoint saved in {run}",
+            hint="continue with the same command and --resume",
+        )
+    if rank == 0:
+        checkpoint_now()
+        _save_model(model, tokenizer, cfg.lora, run / "model")
+        summary = {
+            "base_model_hash": base_hash,
+            "dataset_hash": dataset_hash,
+            "chat_template_fingerprint": chat_template_fingerprint(tokenizer),
+            "model_hash": model_hash(run / "model"),
+            "steps": state["step"],
+            "best_step": state["best_step"],
+            "best_val_loss": state["best_loss"] if math.isfinite(state["best_loss"]) else None,
+            "train_examples": len(train_set.input_ids),
+            "left_out_too_long": train_set.too_long,
+            "left_out_no_target": train_set.no_target,
+            "packed_rows": len(train_rows),
+            "padding_fraction": round(padding, 4) if padding is not None else None,
+            "processes": world,
+        }
+        (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (run / "README.md").write_text(_model_card(cfg, summary))
+    if world > 1:
+        torch.distributed.barrier()
+    return run
+
+
+def _model_card(cfg: TrainConfig, summary: dict) -> str:
+    best = summary["best_val_loss"]
+    ppl = f"{math.exp(best):.3f} (step {summary['best_step']})" if best is not None else "n/a"
+    hyper = "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items())
+    return f"""# Fine-tuned chat model
+
+Fine-tuned from `{cfg.base}` on `{cfg.data}` with evalkit.
+
+| | |
+|---|---|
+| base model hash | `{summary["base_model_hash"]}` |
+| dataset manifest hash | `{summary["dataset_hash"]}` |
+| chat-template fingerprint | `{summary["chat_template_fingerprint"]}` |
+| model hash (`model/`) | `{summary["model_hash"]}` |
+| method | {"LoRA (merged)" if cfg.lora else "full fine-tuning"} |
+| steps | {summary["steps"]} |
+| best validation perplexity | {ppl} |
+| training examples | {summary["train_examples"]} ({summary["left_out_too_long"]} too long) |
+| padding fraction | {summary["padding_fraction"]} |
+
+`model/` holds the final weights, `best/` the weights with the lowest validation loss.
+
+## Hyperparameters
+
+| option | value |
+|---|---|
+{hyper}
+"""
