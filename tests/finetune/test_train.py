@@ -1,0 +1,281 @@
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from evalkit.cli import main
+from evalkit.errors import EvalkitError
+from finetune.corpora import load_topics, write_jsonl
+from finetune.prepare import PrepareConfig, prepare
+from finetune.train import TrainConfig, train
+
+
+@pytest.fixture(scope="session")
+def topics_dataset(tmp_path_factory, micro_model):
+    """The chatterbot topics, prepared with the micro model's tokenizer (short conversations)."""
+    tmp = tmp_path_factory.mktemp("topics")
+    write_jsonl(load_topics(), tmp / "topics.jsonl")
+    prepare([tmp / "topics.jsonl"], tmp / "ds", PrepareConfig(model=str(micro_model)))
+    return tmp / "ds"
+
+
+def config(micro_model, data, out, **kw):
+    values = dict(
+        base=str(micro_model),
+        data=str(data),
+        out=str(out),
+        max_steps=6,
+        batch_size=4,
+        eval_every=3,
+        save_every=2,
+        log_every=1,
+        warmup_steps=2,
+    )
+    return TrainConfig(**(values | kw))
+
+
+def weights(run):
+    return load_file(Path(run) / "model" / "model.safetensors")
+
+
+def test_a_run_directory_holds_everything(micro_model, topics_dataset, tmp_path):
+    run = train(config(micro_model, topics_dataset, tmp_path / "run"))
+    for name in ("config.json", "metrics.jsonl", "summary.json", "README.md"):
+        assert (run / name).is_file()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "lr", "tokens_per_s"} <= set(metrics[0]) and "val_ppl" in metrics[2]
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert model.config.model_type == "gpt2"
+    assert (run / "best" / "model.safetensors").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 <= summary["padding_fraction"] < 0.25  # 64-token rows of 20-40-token chats
+    card = (run / "README.md").read_text()
+    assert summary["dataset_hash"] in card and summary["chat_template_fingerprint"] in card
+    base = load_file(Path(micro_model) / "model.safetensors")
+    assert any(not torch.equal(base[k], v) for k, v in weights(run).items())
+
+
+def test_same_config_same_weights(micro_model, topics_dataset, tmp_path):
+    a = train(config(micro_model, topics_dataset, tmp_path / "a", max_steps=3))
+    b = train(config(micro_model, topics_dataset, tmp_path / "b", max_steps=3))
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_interrupted_run_resumes_exactly(micro_model, topics_dataset, tmp_path):
+    steps = 8
+    whole = train(config(micro_model, topics_dataset, tmp_path / "whole", max_steps=steps))
+    out = tmp_path / "cut"
+    command = [
+        sys.executable,
+        "-m",
+        "evalkit.cli",
+        "finetune",
+        "train",
+        "--base",
+        str(micro_model),
+        "--data",
+        str(topics_dataset),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "3",
+        "--save-every",
+        "2",
+        "--log-every",
+        "1",
+        "--warmup-steps",
+        "2",
+    ]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "stopped by SIGTERM" in err and "--resume" in err
+    stopped_at = len(metrics.read_text().splitlines())
+    assert 3 <= stopped_at < steps
+    resumed = train(config(micro_model, topics_dataset, out, max_steps=steps), resume=True)
+    wa, wb = weights(whole), weights(resumed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == list(
+        range(1, steps + 1)
+    )
+
+
+def test_lora_is_merged_into_a_plain_model(micro_model, topics_dataset, tmp_path):
+    run = train(
+        config(micro_model, topics_dataset, tmp_path / "lora", lora=True, learning_rate=1e-2)
+    )
+    files = {p.name for p in (run / "model").iterdir()}
+    assert "adapter_config.json" not in files and "model.safetensors" in files
+    base = load_file(Path(micro_model) / "model.safetensors")
+    tuned = weights(run)
+    assert set(tuned) == set(base)
+    assert not torch.equal(
+        tuned["transformer.h.0.attn.c_attn.weight"], base["transformer.h.0.attn.c_attn.weight"]
+    )
+    assert torch.equal(tuned["transformer.wte.weight"], base["transformer.wte.weight"])
+
+
+def test_frozen_layers_do_not_move(micro_model, topics_dataset, tmp_path):
+    run = train(config(micro_model, topics_dataset, tmp_path / "frozen", freeze_layers=1))
+    base, tuned = load_file(Path(micro_model) / "model.safetensors"), weights(run)
+    assert torch.equal(
+        tuned["transformer.h.0.mlp.c_fc.weight"], base["transformer.h.0.mlp.c_fc.weight"]
+    )
+    assert not torch.equal(
+        tuned["transformer.h.1.mlp.c_fc.weight"], base["transformer.h.1.mlp.c_fc.weight"]
+    )
+
+
+def test_empty_dataset(micro_model, tmp_path):
+    data = tmp_path / "empty"
+    data.mkdir()
+    for split in ("train", "validation"):
+        (data / f"{split}.jsonl").write_text("")
+    with pytest.raises(EvalkitError, match="no training example"):
+        train(config(micro_model, data, tmp_path / "run"))
+
+
+def test_every_example_too_long(micro_model, topics_dataset, tmp_path):
+    with pytest.raises(EvalkitError, match="longer than max_length 4") as info:
+        train(config(micro_model, topics_dataset, tmp_path / "run", max_length=4))
+    assert "--truncate" in info.value.hint
+
+
+def test_base_without_chat_template(micro_model, topics_dataset, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    plain = tmp_path / "plain"
+    shutil.copytree(micro_model, plain)
+    tokenizer = AutoTokenizer.from_pretrained(plain)
+    tokenizer.chat_template = None
+    for f in plain.glob("*.jinja"):
+        f.unlink()
+    tokenizer.save_pretrained(plain)
+    with pytest.raises(EvalkitError, match="no chat template"):
+        train(config(plain, topics_dataset, tmp_path / "run"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(micro_model, topics_dataset, tmp_path):
+    with pytest.raises(EvalkitError, match="the loss became nan") as info:
+        train(
+            config(
+                micro_model,
+                topics_dataset,
+                tmp_path / "run",
+                learning_rate=1e6,
+                warmup_steps=1,
+                save_every=1,
+            )
+        )
+    # The step-1 update already blows the weights up; step 2's loss is NaN.
+    assert "at step 2" in str(info.value)
+    assert str(tmp_path / "run" / "checkpoints" / "step-1") in info.value.hint
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-1"]
+
+
+def test_full_disk_leaves_no_broken_checkpoint(micro_model, topics_dataset, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_save = torch.save
+
+    def save(obj, path, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 5:  # the first checkpoint (5 files) fits, the next does not
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    run = tmp_path / "run"
+    with pytest.raises(EvalkitError, match="No space left on device") as info:
+        train(config(micro_model, topics_dataset, run))
+    assert "resume" in info.value.hint
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-2"]
+    assert len(list((run / "checkpoints" / "step-2").iterdir())) == 5
+
+
+def test_a_run_directory_is_not_overwritten(micro_model, topics_dataset, tmp_path):
+    train(config(micro_model, topics_dataset, tmp_path / "run", max_steps=1))
+    with pytest.raises(EvalkitError, match="already holds a run"):
+        train(config(micro_model, topics_dataset, tmp_path / "run", max_steps=1))
+
+
+def test_config_file_and_typos(micro_model, topics_dataset, tmp_path, capsys):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(
+        f'base = "{micro_model}"\ndata = "{topics_dataset}"\nmax_steps = 2\n'
+        "batch_size = 4\nlearning_rate = 0.002\n"
+    )
+    assert main(["finetune", "train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["learning_rate"] == 0.002 and saved["max_steps"] == 2
+    cfg.write_text("learning_rat = 0.1\n")
+    assert main(["finetune", "train", "--config", str(cfg), "--out", str(tmp_path / "s")]) == 2
+    assert "did you mean: learning_rate?" in capsys.readouterr().err
+
+
+def test_two_processes_match_one_with_the_same_global_batch(micro_model, topics_dataset, tmp_path):
+    one = train(config(micro_model, topics_dataset, tmp_path / "one", batch_size=4, max_steps=4))
+    command = [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "evalkit.cli",
+        "finetune",
+        "train",
+        "--base",
+        str(micro_model),
+        "--data",
+        str(topics_dataset),
+        "--out",
+        str(tmp_path / "two"),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "3",
+        "--save-every",
+        "2",
+        "--warmup-steps",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(
+        [sys.executable, *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    wa, wb = weights(one), weights(tmp_path / "two")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
