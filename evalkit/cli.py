@@ -14,6 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from evalkit import __version__
 from evalkit.errors import EvalkitError
@@ -180,6 +181,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"run: {run} ({summary['steps']} steps{ppl}); model: {run / 'model'}")
 
 
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from finetune.sweep import parse_space, sweep
+
+    space = parse_space(args.param or [])
+    config = _train_config(args)
+    for name in ("base", "data"):
+        if not getattr(config, name):
+            raise EvalkitError(f"--{name} is required (or set it in --config)")
+    rows = sweep(config, space, args.out, method=args.method, trials=args.trials, seed=config.seed)
+    print((Path(args.out) / "results.md").read_text(), end="")
+    print(f"{len(rows)} trials; results in {args.out}/results.json and results.md")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from evalkit.demo import run_demo
 
@@ -248,6 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     _add_train_options(train)
     train.set_defaults(func=_cmd_train)
+    sweep = ft_commands.add_parser(
+        "sweep",
+        help="train over a grid of hyperparameters and rank the runs",
+        description="Each trial is a training run in OUT/trial-NNN; the trials are ranked by "
+        "validation perplexity in OUT/results.json and OUT/results.md. Other options are those "
+        "of `finetune train` and apply to every trial.",
+    )
+    sweep.add_argument("--base", help="base model directory (Hugging Face format)")
+    sweep.add_argument("--data", help="dataset directory from `evalkit data prepare`")
+    sweep.add_argument("--out", required=True, help="sweep directory")
+    sweep.add_argument("--config", metavar="FILE", help="TOML or JSON with training options")
+    sweep.add_argument(
+        "--param", action="append", metavar="NAME=V1,V2", help="an option and its choices"
+    )
+    sweep.add_argument("--method", default="grid", help="grid, random or optuna")
+    sweep.add_argument("--trials", type=int, help="trials for random and optuna (default: all)")
+    _add_train_options(sweep)
+    sweep.set_defaults(func=_cmd_sweep)
 
     demo = commands.add_parser(
         "demo",

@@ -41,3 +41,15 @@ def micro_model(micro_workspace):
     from finetune.base_model import build_base_model
 
     return build_base_model(micro_workspace, "micro")
+
+
+@pytest.fixture(scope="session")
+def topics_dataset(tmp_path_factory, micro_model):
+    """The chatterbot topics, prepared with the micro model's tokenizer (short conversations)."""
+    from finetune.corpora import load_topics, write_jsonl
+    from finetune.prepare import PrepareConfig, prepare
+
+    tmp = tmp_path_factory.mktemp("topics")
+    write_jsonl(load_topics(), tmp / "topics.jsonl")
+    prepare([tmp / "topics.jsonl"], tmp / "ds", PrepareConfig(model=str(micro_model)))
+    return tmp / "ds"

@@ -14,18 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from evalkit.cli import main
 from evalkit.errors import EvalkitError
-from finetune.corpora import load_topics, write_jsonl
-from finetune.prepare import PrepareConfig, prepare
 from finetune.train import TrainConfig, train
-
-
-@pytest.fixture(scope="session")
-def topics_dataset(tmp_path_factory, micro_model):
-    """The chatterbot topics, prepared with the micro model's tokenizer (short conversations)."""
-    tmp = tmp_path_factory.mktemp("topics")
-    write_jsonl(load_topics(), tmp / "topics.jsonl")
-    prepare([tmp / "topics.jsonl"], tmp / "ds", PrepareConfig(model=str(micro_model)))
-    return tmp / "ds"
 
 
 def config(micro_model, data, out, **kw):
