@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format venv clean
+.PHONY: demo test bench lint format venv clean
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,12 @@ test: venv
 	@# pytest exits 5 when it collects no test: a suite that runs nothing is broken, not green.
 	$(BIN)/pytest $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc; }
+
+# Benchmarks against the peers (TRL, ...): see benchmarks/RESULTS.md.
+bench: venv
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(BIN)/python benchmarks/bench_prepare.py
+	$(BIN)/python benchmarks/bench_train.py
 
 lint: venv
 	$(BIN)/ruff check .
