@@ -76,7 +76,8 @@ def run_evalkit(base: str, data: Path, out: Path) -> tuple[float, Path]:
             seed=SEED,
         )
     )
-    rates = [json.loads(x)["tokens_per_s"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    rates = [json.loads(x)["tokens_per_s"] for x in lines]
     return sum(rates[1:]) / len(rates[1:]), run / "model"  # the first window holds warm-up
 
 
