@@ -268,3 +268,20 @@ def test_two_processes_match_one_with_the_same_global_batch(micro_model, topics_
     wa, wb = weights(one), weights(tmp_path / "two")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_early_stopping_after_patience_evaluations(micro_model, topics_dataset, tmp_path):
+    # A zero learning rate never improves on the first evaluation.
+    run = train(
+        config(
+            micro_model,
+            topics_dataset,
+            tmp_path / "run",
+            max_steps=12,
+            eval_every=2,
+            patience=2,
+            learning_rate=0.0,
+        )
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["best_step"] == 2
