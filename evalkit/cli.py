@@ -130,6 +130,13 @@ TRAIN_HELP = {
 }
 
 
+def _add_run_inputs(parser: argparse.ArgumentParser, out_help: str) -> None:
+    parser.add_argument("--base", help="base model directory (Hugging Face format)")
+    parser.add_argument("--data", help="dataset directory from `evalkit data prepare`")
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--config", metavar="FILE", help="TOML or JSON with training options")
+
+
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; defaults stay in the dataclass (None = not given)."""
     from dataclasses import MISSING, fields
@@ -189,6 +196,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     for name in ("base", "data"):
         if not getattr(config, name):
             raise EvalkitError(f"--{name} is required (or set it in --config)")
+    if not args.out:
+        raise EvalkitError("--out is required: the sweep directory")
     rows = sweep(config, space, args.out, method=args.method, trials=args.trials, seed=config.seed)
     print((Path(args.out) / "results.md").read_text(), end="")
     print(f"{len(rows)} trials; results in {args.out}/results.json and results.md")
@@ -255,10 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "directory, into a run directory: config.json, metrics.jsonl, checkpoints/, model/, "
         "best/ and a model card. Runs unchanged under torchrun (DDP).",
     )
-    train.add_argument("--base", help="base model directory (Hugging Face format)")
-    train.add_argument("--data", help="dataset directory from `evalkit data prepare`")
-    train.add_argument("--out", help="run directory to create")
-    train.add_argument("--config", metavar="FILE", help="TOML or JSON with any of the options")
+    _add_run_inputs(train, out_help="run directory to create")
     train.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     _add_train_options(train)
     train.set_defaults(func=_cmd_train)
@@ -269,10 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         "validation perplexity in OUT/results.json and OUT/results.md. Other options are those "
         "of `finetune train` and apply to every trial.",
     )
-    sweep.add_argument("--base", help="base model directory (Hugging Face format)")
-    sweep.add_argument("--data", help="dataset directory from `evalkit data prepare`")
-    sweep.add_argument("--out", required=True, help="sweep directory")
-    sweep.add_argument("--config", metavar="FILE", help="TOML or JSON with training options")
+    _add_run_inputs(sweep, out_help="sweep directory")
     sweep.add_argument(
         "--param", action="append", metavar="NAME=V1,V2", help="an option and its choices"
     )

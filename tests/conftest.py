@@ -53,3 +53,18 @@ def topics_dataset(tmp_path_factory, micro_model):
     write_jsonl(load_topics(), tmp / "topics.jsonl")
     prepare([tmp / "topics.jsonl"], tmp / "ds", PrepareConfig(model=str(micro_model)))
     return tmp / "ds"
+
+
+@pytest.fixture
+def model_without_template(micro_model, tmp_path):
+    """A copy of the micro model whose tokenizer has no chat template."""
+    from transformers import AutoTokenizer
+
+    plain = tmp_path / "plain"
+    shutil.copytree(micro_model, plain)
+    tokenizer = AutoTokenizer.from_pretrained(plain)
+    tokenizer.chat_template = None
+    for file in plain.glob("*.jinja"):
+        file.unlink()
+    tokenizer.save_pretrained(plain)
+    return plain

@@ -31,19 +31,10 @@ def test_corrupt_weights_are_reported(micro_model, tmp_path):
         load_model(broken)
 
 
-def test_tokenizer_without_chat_template_is_refused(micro_model, tmp_path):
-    from transformers import AutoTokenizer
-
-    plain = tmp_path / "plain"
-    shutil.copytree(micro_model, plain)
-    tokenizer = AutoTokenizer.from_pretrained(plain)
-    tokenizer.chat_template = None
-    for file in plain.glob("*.jinja"):
-        file.unlink()
-    tokenizer.save_pretrained(plain)
+def test_tokenizer_without_chat_template_is_refused(model_without_template):
     with pytest.raises(EvalkitError, match="no chat template"):
-        load_model(plain)
-    model, _ = load_model(plain, require_chat_template=False)
+        load_model(model_without_template)
+    model, _ = load_model(model_without_template, require_chat_template=False)
     assert model is not None
 
 

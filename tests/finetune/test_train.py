@@ -152,20 +152,9 @@ def test_every_example_too_long(micro_model, topics_dataset, tmp_path):
     assert "--truncate" in info.value.hint
 
 
-def test_base_without_chat_template(micro_model, topics_dataset, tmp_path):
-    import shutil
-
-    from transformers import AutoTokenizer
-
-    plain = tmp_path / "plain"
-    shutil.copytree(micro_model, plain)
-    tokenizer = AutoTokenizer.from_pretrained(plain)
-    tokenizer.chat_template = None
-    for f in plain.glob("*.jinja"):
-        f.unlink()
-    tokenizer.save_pretrained(plain)
+def test_base_without_chat_template(model_without_template, topics_dataset, tmp_path):
     with pytest.raises(EvalkitError, match="no chat template"):
-        train(config(plain, topics_dataset, tmp_path / "run"))
+        train(config(model_without_template, topics_dataset, tmp_path / "run"))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(micro_model, topics_dataset, tmp_path):
