@@ -510,10 +510,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
                 with open(run / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             early = cfg.patience is not None and state["stale_evals"] >= cfg.patience
-            if stop.signal or early or state["step"] % cfg.save_every == 0:
+            stopping = stop.signal  # read once: a signal arriving now waits for the next step
+            if stopping or early or state["step"] % cfg.save_every == 0:
                 checkpoint_now()
-            if stop.signal:
-                stopped_by = signal.Signals(stop.signal).name
+            if stopping:
+                stopped_by = signal.Signals(stopping).name
                 break
             if early:
                 log.info("early stop at step %d", state["step"])

@@ -7,6 +7,9 @@ import shutil
 
 import pytest
 
+# As the CLI does: bitwise-reproducible MKL results in every process (exact resume).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 
 def binary_or_skip(name: str) -> str:
     """Path of a system program; skip when it is missing, but fail under CI=true.
