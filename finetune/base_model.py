@@ -14,12 +14,12 @@ import math
 import os
 import shutil
 import time
-import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
 from evalkit.workspace import Workspace
+from finetune.split import seeded_key
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def split_conversations(
     """Train/validation split by a seeded hash of the conversation id: stable as data grows."""
     train, validation = [], []
     for conv in conversations:
-        bucket = zlib.crc32(f"{seed}:{conv['id']}".encode()) / 2**32
+        bucket = seeded_key(seed, conv["id"]) / 2**32
         (validation if bucket < fraction else train).append(conv)
     return train, validation
 

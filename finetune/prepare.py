@@ -209,7 +209,11 @@ def prepare(inputs: Sequence[str | InputSpec], out: str | Path, config: PrepareC
     if not specs:
         raise EvalkitError("no input files", hint="name one or more JSONL, JSON or CSV files")
     ledger = _Ledger()
-    tokenizer = _load_tokenizer(cfg.model) if cfg.model else None
+    tokenizer = None
+    if cfg.model:
+        from evalkit.models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
 
     # read
     started = time.perf_counter()
@@ -408,14 +412,14 @@ def _deduplicate(
             [it.text for it in items], threshold=cfg.near_dup_threshold, seed=cfg.seed
         )
         kept = []
+        position: dict[int, int] = {}  # index in items -> index in kept, for cluster heads
         for i, (item, head) in enumerate(zip(items, clusters)):
             if head == i:
+                position[i] = len(kept)
                 kept.append(item)
             elif cfg.near_dup_action == "group":
                 kept.append(item)
-                pairs.append(
-                    (len(kept) - 1, next(k for k, it in enumerate(kept) if it is items[head]))
-                )
+                pairs.append((len(kept) - 1, position[head]))
             else:
                 ledger.drop(
                     item.record,
@@ -523,12 +527,6 @@ def _contamination(ledger: _Ledger, splits: dict[str, list[_Item]], cfg: Prepare
         splits["train"] = [it for i, it in enumerate(train) if i not in hits_all]
     ledger.stage("contamination", len(train), len(splits["train"]), started)
     return report
-
-
-def _load_tokenizer(model: str):
-    from evalkit.models import load_tokenizer
-
-    return load_tokenizer(model)
 
 
 def _write(out: str | Path, splits: dict[str, list[_Item]], dropped: list[dict], manifest: dict):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from evalkit.errors import EvalkitError
+
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -105,11 +110,7 @@ def render_report(manifest: dict) -> str:
 
 def dataset_summary(path) -> str:
     """The report of a dataset directory, after checking its split files against the manifest."""
-    import hashlib
-    import json
-    from pathlib import Path
-
-    from evalkit.errors import EvalkitError
+    from finetune.prepare import sha256_file
 
     path = Path(path)
     try:
@@ -122,8 +123,7 @@ def dataset_summary(path) -> str:
     changed = [
         name
         for name, digest in manifest.get("files", {}).items()
-        if not (path / name).is_file()
-        or hashlib.sha256((path / name).read_bytes()).hexdigest() != digest
+        if not (path / name).is_file() or sha256_file(path / name) != digest
     ]
     report = render_report(manifest)
     if changed:

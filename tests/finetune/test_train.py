@@ -32,6 +32,34 @@ def config(micro_model, data, out, **kw):
     return TrainConfig(**(values | kw))
 
 
+def cli_args(micro_model, data, out, steps, batch_size):
+    """`evalkit finetune train` arguments matching `config(...)`."""
+    return [
+        "-m",
+        "evalkit.cli",
+        "finetune",
+        "train",
+        "--base",
+        str(micro_model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        str(batch_size),
+        "--eval-every",
+        "3",
+        "--save-every",
+        "2",
+        "--log-every",
+        "1",
+        "--warmup-steps",
+        "2",
+    ]
+
+
 def weights(run):
     return load_file(Path(run) / "model" / "model.safetensors")
 
@@ -65,31 +93,7 @@ def test_interrupted_run_resumes_exactly(micro_model, topics_dataset, tmp_path):
     steps = 8
     whole = train(config(micro_model, topics_dataset, tmp_path / "whole", max_steps=steps))
     out = tmp_path / "cut"
-    command = [
-        sys.executable,
-        "-m",
-        "evalkit.cli",
-        "finetune",
-        "train",
-        "--base",
-        str(micro_model),
-        "--data",
-        str(topics_dataset),
-        "--out",
-        str(out),
-        "--max-steps",
-        str(steps),
-        "--batch-size",
-        "4",
-        "--eval-every",
-        "3",
-        "--save-every",
-        "2",
-        "--log-every",
-        "1",
-        "--warmup-steps",
-        "2",
-    ]
+    command = [sys.executable, *cli_args(micro_model, topics_dataset, out, steps, 4)]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
@@ -217,36 +221,9 @@ def test_config_file_and_typos(micro_model, topics_dataset, tmp_path, capsys):
 
 def test_two_processes_match_one_with_the_same_global_batch(micro_model, topics_dataset, tmp_path):
     one = train(config(micro_model, topics_dataset, tmp_path / "one", batch_size=4, max_steps=4))
-    command = [
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        "-m",
-        "evalkit.cli",
-        "finetune",
-        "train",
-        "--base",
-        str(micro_model),
-        "--data",
-        str(topics_dataset),
-        "--out",
-        str(tmp_path / "two"),
-        "--max-steps",
-        "4",
-        "--batch-size",
-        "2",
-        "--eval-every",
-        "3",
-        "--save-every",
-        "2",
-        "--warmup-steps",
-        "2",
-        "--device",
-        "cpu",
-    ]
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    command = [*launcher, *cli_args(micro_model, topics_dataset, tmp_path / "two", 4, 2)]
+    command += ["--device", "cpu"]
     done = subprocess.run(
         [sys.executable, *command],
         capture_output=True,
