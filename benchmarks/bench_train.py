@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as the CLI runs training
 import torch
 
 LR, BATCH, MAX_LENGTH, WARMUP, SEED = 1e-3, 8, 256, 10, 0
