@@ -1,0 +1,67 @@
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from evalkit.errors import EvalkitError
+from evalkit.store import connect, open_store, transaction
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time, duckdb
+    con = duckdb.connect(sys.argv[1])
+    con.execute("CREATE TABLE IF NOT EXISTS t (a INTEGER)")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    """
+)
+
+
+def _hold(path, seconds):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_transaction_rolls_back_on_error(tmp_path):
+    with open_store(tmp_path / "s.duckdb") as con:
+        con.execute("CREATE TABLE t (a INTEGER)")
+        with pytest.raises(RuntimeError), transaction(con):
+            con.execute("INSERT INTO t VALUES (1)")
+            raise RuntimeError("boom")
+        with transaction(con):
+            con.execute("INSERT INTO t VALUES (2)")
+        assert con.execute("SELECT a FROM t").fetchall() == [(2,)]
+
+
+def test_lock_held_by_another_process_is_retried(tmp_path):
+    path = tmp_path / "s.duckdb"
+    proc = _hold(path, 1.0)
+    started = time.monotonic()
+    con = connect(path, timeout=20)
+    assert time.monotonic() - started > 0.3
+    assert con.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    con.close()
+    proc.wait()
+
+
+def test_persistent_lock_names_file_and_holder(tmp_path):
+    path = tmp_path / "s.duckdb"
+    proc = _hold(path, 30)
+    try:
+        with pytest.raises(EvalkitError) as err:
+            connect(path, timeout=0.5)
+        assert str(path) in str(err.value) and "PID" in str(err.value)
+        assert "run the command again" in err.value.hint
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_read_only_missing_store(tmp_path):
+    with pytest.raises(EvalkitError, match="does not exist"):
+        connect(tmp_path / "none.duckdb", read_only=True)
