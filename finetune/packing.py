@@ -28,7 +28,7 @@ class Encoded:
     no_target: int  # conversations with no token to learn from
 
 
-def _assistant_masks(tokenizer, conversations: Sequence[list[dict]]) -> list[list[int]]:
+def assistant_masks(tokenizer, conversations: Sequence[list[dict]]) -> list[list[int]]:
     """1 for the assistant's tokens. Uses the template's {% generation %} markers when it has
     them; otherwise renders each prefix of the conversation and marks what each reply adds."""
     template = tokenizer.chat_template or ""
@@ -67,7 +67,7 @@ def encode(
     if not conversations:
         return Encoded([], [], 0, 0)
     ids = tokenizer.apply_chat_template(conversations, return_dict=True)["input_ids"]
-    masks = _assistant_masks(tokenizer, conversations) if assistant_only else ids
+    masks = assistant_masks(tokenizer, conversations) if assistant_only else ids
     out_ids, out_labels, too_long, no_target = [], [], 0, 0
     for tokens, mask in zip(ids, masks):
         tokens = list(tokens)

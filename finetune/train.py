@@ -29,6 +29,7 @@ from evalkit.errors import EvalkitError
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "linear", "constant")
+LINEAGE_FILE = "evalkit_lineage.json"  # in a saved model directory
 
 
 @dataclass
@@ -223,14 +224,19 @@ def _atomic_dir(final: Path, write) -> None:
         ) from exc
 
 
-def _save_model(model, tokenizer, lora: bool, path: Path) -> None:
-    """A plain Hugging Face model directory; LoRA adapters merged into a copy of the model."""
+def _save_model(model, tokenizer, lora: bool, path: Path, lineage: dict) -> None:
+    """A plain Hugging Face model directory; LoRA adapters merged into a copy of the model.
+
+    ``evalkit_lineage.json`` beside the weights names the training run and dataset it came
+    from (not part of the model hash), so an evaluation can trace the model back.
+    """
     import copy
 
     def write(tmp: Path) -> None:
         plain = copy.deepcopy(model).merge_and_unload() if lora else model
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2) + "\n")
 
     _atomic_dir(path, write)
 
@@ -309,6 +315,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         if manifest_path.exists()
         else None
     )
+    lineage = {
+        "training_run": str(run.resolve()),
+        "dataset": str(data.resolve()),
+        "dataset_hash": dataset_hash,
+        "base_model": str(Path(cfg.base).resolve()),
+        "base_model_hash": base_hash,
+    }
     splits = {}
     for split in ("train", "validation"):
         splits[split] = encode(
@@ -503,7 +516,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
                 if val_loss < state["best_loss"]:
                     state.update(best_loss=val_loss, best_step=state["step"], stale_evals=0)
                     if rank == 0:
-                        _save_model(model, tokenizer, cfg.lora, run / "best")
+                        _save_model(model, tokenizer, cfg.lora, run / "best", lineage)
                 else:
                     state["stale_evals"] += 1
             if record and rank == 0:
@@ -527,7 +540,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         )
     if rank == 0:
         checkpoint_now()
-        _save_model(model, tokenizer, cfg.lora, run / "model")
+        _save_model(model, tokenizer, cfg.lora, run / "model", lineage)
         summary = {
             "base_model_hash": base_hash,
             "dataset_hash": dataset_hash,

@@ -1,0 +1,190 @@
+"""Evaluation suites: a TOML file naming datasets and the tasks to run on them.
+
+Example::
+
+    name = "support"
+
+    [datasets.support]
+    path = "support_test.jsonl"     # relative to the suite file; conversation JSONL
+    limit = 200                     # optional: the first N examples
+
+    [datasets.wiki]
+    path = "texts.txt"              # plain text: one example per line (or JSONL with "text")
+
+    [[tasks]]
+    type = "perplexity"             # assistant turns given their context, on conversations
+    dataset = "support"
+
+    [[tasks]]
+    type = "generation"
+    dataset = "support"
+    max_new_tokens = 64
+    repetition_penalty = 1.3
+    no_repeat_ngram_size = 3
+
+    [[tasks]]
+    type = "bias"                   # the project's probe set unless `probes` names a file
+
+The suite hash covers the definition and the bytes of every dataset, so two runs share a hash
+only when they measured the same thing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evalkit.errors import EvalkitError
+
+TASK_TYPES = ("perplexity", "generation", "bias")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    path: Path
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    type: str
+    dataset: str | None
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example of a dataset: a conversation, or a text."""
+
+    id: str
+    messages: list[dict] | None
+    text: str | None
+    metadata: dict
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    datasets: dict[str, DatasetSpec]
+    tasks: list[TaskSpec]
+    seed: int
+    definition: dict  # the parsed TOML, stored with every run
+
+    def hash(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.definition, sort_keys=True).encode())
+        for name in sorted(self.datasets):
+            digest.update(name.encode())
+            digest.update(hashlib.sha256(self.datasets[name].path.read_bytes()).digest())
+        return digest.hexdigest()
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and check a suite file: every dataset exists, every task is known."""
+    path = Path(path)
+    try:
+        definition = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise EvalkitError(f"cannot read suite {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise EvalkitError(f"suite {path} is not valid TOML: {exc}") from exc
+    datasets = {}
+    for name, spec in definition.get("datasets", {}).items():
+        if "path" not in spec:
+            raise EvalkitError(f"suite {path}: dataset {name!r} has no path")
+        data_path = (path.parent / spec["path"]).resolve()
+        if not data_path.is_file():
+            raise EvalkitError(
+                f"suite {path}: dataset {name!r} names {spec['path']}, which does not exist",
+                hint=f"paths are relative to the suite file ({path.parent})",
+            )
+        datasets[name] = DatasetSpec(name, data_path, spec.get("limit"))
+    tasks = []
+    for i, spec in enumerate(definition.get("tasks", []), start=1):
+        spec = dict(spec)
+        kind = spec.pop("type", None)
+        if kind not in TASK_TYPES:
+            raise EvalkitError(
+                f"suite {path}: task {i} has type {kind!r}", hint=f"use {', '.join(TASK_TYPES)}"
+            )
+        dataset = spec.pop("dataset", None)
+        if kind != "bias" and dataset not in datasets:
+            known = ", ".join(datasets) or "none defined"
+            raise EvalkitError(
+                f"suite {path}: task {i} ({kind}) names dataset {dataset!r}",
+                hint=f"define it under [datasets.NAME]; known: {known}",
+            )
+        name = spec.pop("name", None) or (f"{kind}:{dataset}" if dataset else kind)
+        tasks.append(TaskSpec(name, kind, dataset, spec))
+    if not tasks:
+        raise EvalkitError(f"suite {path} defines no [[tasks]]")
+    names = [t.name for t in tasks]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise EvalkitError(f"suite {path}: two tasks are named {duplicate!r}; give each a name")
+    return Suite(
+        definition.get("name", path.stem),
+        path,
+        datasets,
+        tasks,
+        int(definition.get("seed", 0)),
+        definition,
+    )
+
+
+def load_examples(spec: DatasetSpec) -> list[Example]:
+    """The examples of a dataset file: conversation JSONL, JSONL with "text", or plain lines."""
+    path = spec.path
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if spec.limit is not None and len(examples) >= spec.limit:
+                break
+            if not line.strip():
+                continue
+            if path.suffix not in (".jsonl", ".json"):
+                examples.append(Example(str(number), None, line.rstrip("\n"), {}))
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EvalkitError(
+                    f"{path}: line {number} is not JSON ({exc.msg})", hint="fix or remove the line"
+                ) from None
+            examples.append(_example(record, path, number))
+    if not examples:
+        raise EvalkitError(f"dataset {spec.name} ({path}) is empty", hint="give it examples")
+    ids = [e.id for e in examples]
+    if len(set(ids)) != len(ids):
+        raise EvalkitError(f"{path}: example ids repeat", hint="give each record a unique id")
+    return examples
+
+
+def _example(record: dict, path: Path, number: int) -> Example:
+    if not isinstance(record, dict):
+        raise EvalkitError(f"{path}: line {number} is not a JSON object")
+    metadata = {k: v for k, v in record.items() if k not in ("messages", "text")}
+    example_id = str(record.get("id", number))
+    if "messages" in record:
+        messages = record["messages"]
+        ok = isinstance(messages, list) and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role")
+            for m in messages
+        )
+        if not ok or not messages:
+            raise EvalkitError(
+                f"{path}: line {number}, field messages: expected a list of "
+                '{"role": ..., "content": "..."} objects'
+            )
+        return Example(example_id, messages, None, metadata)
+    if isinstance(record.get("text"), str):
+        return Example(example_id, None, record["text"], metadata)
+    raise EvalkitError(
+        f"{path}: line {number} has neither a messages list nor a text field",
+        hint='use {"messages": [...]} for conversations or {"text": "..."} for texts',
+    )
