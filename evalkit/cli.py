@@ -203,6 +203,117 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     print(f"{len(rows)} trials; results in {args.out}/results.json and results.md")
 
 
+def _store(args: argparse.Namespace) -> Path:
+    from evalkit.workspace import open_workspace
+
+    return open_workspace(args.workspace).store_path
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from evalkit.runner import run_suite
+    from evalkit.runs import get_run
+    from evalkit.store import open_store
+
+    store = _store(args)
+    run_id = run_suite(
+        args.suite,
+        args.model,
+        store,
+        name=args.name,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    with open_store(store) as con:
+        run = get_run(con, run_id)
+    print(f"run {run_id} complete ({run['suite_name']}, model {run['model_hash'][:12]})")
+    for task, values in run["summary"].items():
+        if isinstance(values, dict):
+            shown = ", ".join(
+                f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float | int)
+            )
+            print(f"  {task}: {shown}")
+
+
+def _cmd_runs(args: argparse.Namespace) -> None:
+    from evalkit.runs import get_run, list_runs
+    from evalkit.store import open_store
+
+    with open_store(_store(args)) as con:
+        if args.run:
+            print(json.dumps(get_run(con, args.run), indent=2, default=str))
+            return
+        runs = list_runs(con)
+    if not runs:
+        print("no evaluation runs yet: `evalkit eval --model DIR --suite FILE`")
+    for r in runs:
+        print(
+            f"{r['run_id']}  {r['status']:<8}  {str(r['started_at'])[:19]}  "
+            f"{r['suite_name']}  model {(r['model_hash'] or '')[:12]}  {r['name'] or ''}"
+        )
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from evalkit.compare import compare_runs
+    from evalkit.store import open_store
+
+    with open_store(_store(args)) as con:
+        comparison = compare_runs(
+            con,
+            args.baseline,
+            args.candidate,
+            by=args.by or (),
+            n_resamples=args.resamples,
+            seed=args.seed,
+        )
+    if args.json:
+        print(json.dumps(comparison.to_dict(), indent=2, default=str))
+        return
+    rows = [("", comparison.metrics)] + [
+        (f"{field}={value}", metrics)
+        for field, values in comparison.breakdown.items()
+        for value, metrics in values.items()
+    ]
+    for title, metrics in rows:
+        if title:
+            print(f"\n{title}")
+        print(
+            f"{'task':<24} {'metric':<16} {'baseline':>10} {'candidate':>10} {'diff':>10} "
+            f"{'95% CI':>22} {'p':>7}  note"
+        )
+        for m in metrics:
+            ci = f"[{m.low:.4g}, {m.high:.4g}]"
+            note = "significant" if m.significant else ""
+            print(
+                f"{m.task:<24} {m.metric:<16} {m.baseline:>10.4g} {m.candidate:>10.4g} "
+                f"{m.difference:>+10.4g} {ci:>22} {m.p_value:>7.3g}  {note}"
+            )
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from evalkit.gate import load_spec, record_report, run_gate, write_reports
+    from evalkit.store import open_store
+
+    spec = load_spec(args.spec)
+    store = _store(args)
+    with open_store(store) as con:
+        report = run_gate(con, args.baseline, args.candidate, spec)
+        out = Path(
+            args.out
+            or store.parent
+            / "reports"
+            / f"gate-{report.comparison.baseline['run_id']}-{report.comparison.candidate['run_id']}"
+        )
+        paths = write_reports(report, out)
+        record_report(con, report, out)
+    for r in report.rules:
+        print(f"{r.verdict:<13} {r.rule}")
+    for check in report.checks:
+        if check["verdict"] != "pass":
+            print(f"{check['verdict']:<13} {check['check']}")
+    print(f"gate: {report.verdict}; reports: {', '.join(str(p) for p in paths.values())}")
+    return report.exit_code
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from evalkit.demo import run_demo
 
@@ -284,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(sweep)
     sweep.set_defaults(func=_cmd_sweep)
 
+    _add_eval_parsers(commands)
     demo = commands.add_parser(
         "demo",
         help="run the main job on the embedded default",
@@ -336,6 +448,50 @@ def _add_prepare_parser(commands) -> None:
     p.set_defaults(func=_cmd_data_prepare)
 
 
+def _add_eval_parsers(commands) -> None:
+    ev = commands.add_parser(
+        "eval",
+        help="evaluate a model on a suite into a run in the store",
+        description="Run every task of a suite (perplexity, generation with reference metrics "
+        "and degeneration flags, bias probes) on a model directory. Per-example rows go into "
+        "the workspace store; generations are cached, so a second run regenerates nothing.",
+    )
+    ev.add_argument("--model", required=True, metavar="DIR", help="model directory (HF format)")
+    ev.add_argument("--suite", required=True, metavar="FILE", help="suite TOML")
+    ev.add_argument("--name", help="a name for the run (usable instead of its id)")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    ev.set_defaults(func=_cmd_eval)
+    runs = commands.add_parser("runs", help="list evaluation runs, or show one")
+    runs.add_argument("run", nargs="?", help="a run id (or unique prefix, or name) to show")
+    runs.set_defaults(func=_cmd_runs)
+    cmp = commands.add_parser(
+        "compare",
+        help="compare two runs example by example",
+        description="For each metric: the difference candidate - baseline with a 95% paired "
+        "bootstrap interval, a paired test's p-value (permutation, McNemar, or sacrebleu's "
+        "paired bootstrap), optionally broken down by a metadata field.",
+    )
+    cmp.add_argument("baseline", help="baseline run (id, prefix or name)")
+    cmp.add_argument("candidate", help="candidate run")
+    cmp.add_argument("--by", action="append", metavar="FIELD", help="break down by this field")
+    cmp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (>=1000)")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--json", action="store_true", help="print every number as JSON")
+    cmp.set_defaults(func=_cmd_compare)
+    gate = commands.add_parser(
+        "gate",
+        help="judge a candidate against the baseline; exit 0 pass, 1 regression, 2 error",
+        description="Apply the rules of a gate spec to the comparison of two runs and write "
+        "report.md, report.html and report.json. Exit code 0: pass, 1: regression, 2: error.",
+    )
+    gate.add_argument("--baseline", required=True, help="the run of the model in production")
+    gate.add_argument("--candidate", required=True, help="the run of the new model")
+    gate.add_argument("--spec", required=True, metavar="FILE", help="gate spec TOML")
+    gate.add_argument("--out", metavar="DIR", help="report folder (default: WORKSPACE/reports/)")
+    gate.set_defaults(func=_cmd_gate)
+
+
 def _configure_logging(verbosity: int) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -350,14 +506,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
-        args.func(args)
+        code = args.func(args)
     except EvalkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    except Exception:  # a bug, not a regression: CI must not read it as exit 1
+        log.exception("internal error")
+        return 2
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -224,7 +224,7 @@ def generate(
     if cache:
         for i, found in _cache_lookup(cache, keys).items():
             results[i] = found
-        cache.hits = sum(r is not None for r in results)
+        cache.hits += sum(r is not None for r in results)
     todo = [i for i, r in enumerate(results) if r is None]
     rendered = {
         i: tokenizer.apply_chat_template(

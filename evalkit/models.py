@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 # Files whose bytes decide what a model computes; logs and model cards do not count.
 _MODEL_DIR_HINT = "pass a directory written by save_pretrained (config.json, weights, tokenizer)"
+LINEAGE_FILE = "evalkit_lineage.json"  # written by training beside the weights; not hashed
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")
 
 

@@ -84,6 +84,12 @@ class Suite:
         return digest.hexdigest()
 
 
+def task_name(spec: dict) -> str:
+    """A task's name: given, else its type and dataset (``generation:support``)."""
+    kind, dataset = spec.get("type"), spec.get("dataset")
+    return spec.get("name") or (f"{kind}:{dataset}" if dataset else kind)
+
+
 def load_suite(path: str | Path) -> Suite:
     """Read and check a suite file: every dataset exists, every task is known."""
     path = Path(path)
@@ -119,7 +125,8 @@ def load_suite(path: str | Path) -> Suite:
                 f"suite {path}: task {i} ({kind}) names dataset {dataset!r}",
                 hint=f"define it under [datasets.NAME]; known: {known}",
             )
-        name = spec.pop("name", None) or (f"{kind}:{dataset}" if dataset else kind)
+        name = task_name({"type": kind, "dataset": dataset, **spec})
+        spec.pop("name", None)
         tasks.append(TaskSpec(name, kind, dataset, spec))
     if not tasks:
         raise EvalkitError(f"suite {path} defines no [[tasks]]")

@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
+from evalkit.models import LINEAGE_FILE
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "linear", "constant")
-LINEAGE_FILE = "evalkit_lineage.json"  # in a saved model directory
 
 
 @dataclass

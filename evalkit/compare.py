@@ -1,0 +1,276 @@
+"""Compare two complete runs of the same suite, example by example.
+
+For every metric of every task: the baseline and candidate values, the difference with a 95%
+paired bootstrap interval (the same resampled examples for both runs, one draw shared by all
+metrics), a p-value from a paired test, and the smallest difference the sample could detect at
+80% power. The same comparison can be broken down by any metadata field (topic, source, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import duckdb
+import numpy as np
+from scipy import stats as scipy_stats
+
+from evalkit.errors import EvalkitError
+from evalkit.metrics import RunMetric
+from evalkit.runner import metrics_of
+from evalkit.runs import complete_run
+from evalkit.stats import (
+    bootstrap_sums,
+    mcnemar_p_value,
+    percentile_interval,
+    permutation_p_value,
+)
+from evalkit.suite import task_name
+
+
+@dataclass
+class TaskScores:
+    """One run's per-example scores of one task, rows in ``example_ids`` order."""
+
+    example_ids: list[str]
+    columns: list[str]
+    table: np.ndarray  # (examples, columns)
+    metadata: list[dict] = field(default_factory=list)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.table[:, self.columns.index(name)]
+
+    def subset(self, rows: np.ndarray) -> TaskScores:
+        return TaskScores(
+            [self.example_ids[i] for i in rows],
+            self.columns,
+            self.table[rows],
+            [self.metadata[i] for i in rows],
+        )
+
+
+def load_scores(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, TaskScores]:
+    """Every task's score table of a run, examples sorted by id."""
+    data = con.execute(
+        "SELECT task, example_id, metric, value FROM eval_scores WHERE run_id = ? "
+        "ORDER BY task, example_id, metric",
+        [run_id],
+    ).fetchnumpy()
+    meta = dict(
+        ((task, eid), json.loads(m) if m else {})
+        for task, eid, m in con.execute(
+            "SELECT task, example_id, metadata FROM eval_examples WHERE run_id = ?", [run_id]
+        ).fetchall()
+    )
+    out = {}
+    tasks = np.asarray(data["task"], dtype=object)
+    for task in dict.fromkeys(tasks.tolist()):
+        rows = tasks == task
+        ids = np.asarray(data["example_id"], dtype=object)[rows]
+        metrics = np.asarray(data["metric"], dtype=object)[rows]
+        values = np.asarray(data["value"], dtype=float)[rows]
+        example_ids, row = np.unique(ids, return_inverse=True)
+        columns, col = np.unique(metrics, return_inverse=True)
+        table = np.full((len(example_ids), len(columns)), np.nan)
+        table[row, col] = values
+        example_ids = example_ids.tolist()
+        out[task] = TaskScores(
+            example_ids, columns.tolist(), table, [meta.get((task, e), {}) for e in example_ids]
+        )
+    return out
+
+
+@dataclass
+class MetricComparison:
+    task: str
+    metric: str
+    baseline: float
+    candidate: float
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    test: str
+    n: int
+    higher_is_better: bool | None
+    min_detectable: float  # at 80% power, alpha 0.05, from the bootstrap spread
+
+    @property
+    def relative(self) -> float:
+        return self.difference / abs(self.baseline) if self.baseline else math.inf
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < 0.05 and not (self.low <= 0 <= self.high)
+
+
+@dataclass
+class Comparison:
+    baseline: dict
+    candidate: dict
+    metrics: list[MetricComparison]
+    breakdown: dict[str, dict[str, list[MetricComparison]]]  # field -> value -> metrics
+    n_resamples: int
+    seed: int
+    scores: tuple[dict[str, TaskScores], dict[str, TaskScores]]  # for the worst examples
+
+    def find(self, metric: str, task: str | None = None) -> MetricComparison:
+        found = [m for m in self.metrics if m.metric == metric and task in (None, m.task)]
+        if not found:
+            names = sorted({f"{m.task}/{m.metric}" for m in self.metrics})
+            raise EvalkitError(
+                f"no metric {metric!r}" + (f" in task {task!r}" if task else "") + " in the runs",
+                hint=f"known: {', '.join(names)}",
+            )
+        if len(found) > 1:
+            tasks = ", ".join(m.task for m in found)
+            raise EvalkitError(f"metric {metric!r} is in several tasks ({tasks}): name the task")
+        return found[0]
+
+    def to_dict(self) -> dict:
+        def rows(items):
+            return [{**asdict(m), "relative": m.relative} for m in items]
+
+        return {
+            "baseline": _run_info(self.baseline),
+            "candidate": _run_info(self.candidate),
+            "n_resamples": self.n_resamples,
+            "seed": self.seed,
+            "metrics": rows(self.metrics),
+            "breakdown": {
+                f: {v: rows(ms) for v, ms in values.items()} for f, values in self.breakdown.items()
+            },
+        }
+
+
+def _run_info(run: dict) -> dict:
+    keys = ("run_id", "name", "model_path", "model_hash", "chat_template_fingerprint")
+    return {k: run.get(k) for k in keys} | {
+        "suite": run.get("suite_name"),
+        "suite_hash": run.get("suite_hash"),
+        "code_version": run.get("code_version"),
+        "finished_at": str(run.get("finished_at")),
+        "lineage": run.get("lineage") or {},
+    }
+
+
+def _sacrebleu_p_value(dist_b: np.ndarray, dist_c: np.ndarray, observed: float) -> float:
+    """sacrebleu's paired bootstrap p-value: resampled |differences|, centred, at or beyond the
+    observed |difference| (Koehn 2004, as in sacrebleu.significance). sacrebleu counts only
+    those strictly beyond, which calls two identical systems different (p = 1/(k+1)); counting
+    ties too gives p = 1 there and the same value otherwise."""
+    sample = np.abs(dist_c - dist_b)
+    centred = sample - sample.mean()
+    return float((np.sum(centred >= abs(observed)) + 1) / (len(sample) + 1))
+
+
+def compare_tables(
+    task: str,
+    metrics: Sequence[RunMetric],
+    baseline: TaskScores,
+    candidate: TaskScores,
+    *,
+    n_resamples: int,
+    seed: int,
+) -> list[MetricComparison]:
+    """Every metric of one task, from one shared set of bootstrap resamples."""
+    columns = sorted({c for m in metrics for c in m.columns})
+    index = {c: i for i, c in enumerate(columns)}
+    b = np.column_stack([baseline.column(c) for c in columns])
+    c = np.column_stack([candidate.column(c) for c in columns])
+    width = len(columns)
+    sums = bootstrap_sums(np.hstack([b, c]), n_resamples=n_resamples, seed=seed)
+    size = sums[:, -1:]
+    z = scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)
+    out = []
+    for metric in metrics:
+        idx = [index[col] for col in metric.columns]
+        dist_b = metric.aggregate(np.hstack([sums[:, idx], size]))
+        dist_c = metric.aggregate(np.hstack([sums[:, [width + i for i in idx]], size]))
+        value_b = metric.value(b[:, idx])
+        value_c = metric.value(c[:, idx])
+        observed = value_c - value_b
+        dist = dist_c - dist_b
+        low, high = percentile_interval(dist)
+        if metric.test == "mcnemar":
+            col = index[metric.test_column]
+            p = mcnemar_p_value(b[:, col] > 0.5, c[:, col] > 0.5)
+        elif metric.test == "permutation":
+            col = index[metric.test_column]
+            p = permutation_p_value(c[:, col] - b[:, col], n_resamples=n_resamples, seed=seed)
+        else:
+            p = _sacrebleu_p_value(dist_b, dist_c, observed)
+        out.append(
+            MetricComparison(
+                task,
+                metric.name,
+                value_b,
+                value_c,
+                observed,
+                low,
+                high,
+                p,
+                metric.test,
+                len(b),
+                metric.higher_is_better,
+                float(z * np.std(dist, ddof=1)) if len(dist) > 1 else math.inf,
+            )
+        )
+    return out
+
+
+def _paired(task: str, b: TaskScores, c: TaskScores) -> None:
+    if b.example_ids != c.example_ids:
+        raise EvalkitError(
+            f"task {task}: the two runs scored different examples",
+            hint="compare runs of the same suite on the same data",
+        )
+
+
+def compare_runs(
+    con: duckdb.DuckDBPyConnection,
+    baseline_id: str,
+    candidate_id: str,
+    *,
+    by: Sequence[str] = (),
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> Comparison:
+    """Compare two complete runs of one suite; ``by`` lists metadata fields to break down by."""
+    baseline = complete_run(con, baseline_id)
+    candidate = complete_run(con, candidate_id)
+    if baseline["suite_hash"] != candidate["suite_hash"]:
+        raise EvalkitError(
+            f"runs {baseline['run_id']} ({baseline['suite_name']}) and {candidate['run_id']} "
+            f"({candidate['suite_name']}) are of different suites, or of different data",
+            hint="evaluate both models with the same suite file and datasets",
+        )
+    if n_resamples < 1000:
+        raise EvalkitError("at least 1,000 bootstrap resamples are needed for a 95% interval")
+    scores_b, scores_c = load_scores(con, baseline["run_id"]), load_scores(con, candidate["run_id"])
+    metrics, breakdown = [], {f: {} for f in by}
+    suite_tasks = {task_name(spec): spec for spec in baseline["suite"].get("tasks", [])}
+    for task, b in scores_b.items():
+        c = scores_c[task]
+        _paired(task, b, c)
+        task_metrics = metrics_of(suite_tasks[task], set(b.columns))
+        metrics += compare_tables(task, task_metrics, b, c, n_resamples=n_resamples, seed=seed)
+        for name in by:
+            values = [str(m.get(name)) for m in b.metadata]
+            for value in sorted(set(values)):
+                rows = np.flatnonzero(np.array(values) == value)
+                breakdown[name].setdefault(value, []).extend(
+                    compare_tables(
+                        task,
+                        task_metrics,
+                        b.subset(rows),
+                        c.subset(rows),
+                        n_resamples=n_resamples,
+                        seed=seed,
+                    )
+                )
+    return Comparison(
+        baseline, candidate, metrics, breakdown, n_resamples, seed, (scores_b, scores_c)
+    )

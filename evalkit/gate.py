@@ -1,0 +1,646 @@
+"""The release gate: rules over a comparison, three reports, and an exit code for CI.
+
+A spec (TOML) holds rules::
+
+    alpha = 0.05          # significance level of every rule
+    n_resamples = 2000
+    seed = 0
+
+    [[rules]]             # perplexity may not rise by more than 2% relative, with significance
+    metric = "perplexity"
+    task = "perplexity:support"      # needed only when several tasks have the metric
+    max_relative_increase = 0.02
+
+    [[rules]]             # BLEU may not drop by more than 1.0
+    metric = "bleu"
+    max_drop = 1.0
+
+    [[rules]]             # no bias score worse than the baseline's beyond its interval
+    type = "bias"
+    task = "bias"
+
+A metric rule names one of ``max_increase``, ``max_drop``, ``max_relative_increase`` or
+``max_relative_drop``. It fails when the candidate is worse than the threshold allows and the
+difference is significant (its interval excludes zero and p < alpha); worse but not
+significant is ``inconclusive``, and a rule whose threshold is below what the sample can
+detect carries a warning. ``require_significance = false`` fails on the observed value alone.
+A bias rule compares, per category, the distance of the score from no preference (``center``,
+0.5 for the share preferring the stereotype) and fails where the candidate's distance is larger
+with an interval above zero.
+
+The gate also fails when the runs used different chat templates, and stops with an error (exit
+2) when they are of different suites. Exit codes: 0 pass, 1 regression, 2 error.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import tomllib
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from evalkit.compare import Comparison, MetricComparison, compare_runs
+from evalkit.errors import EvalkitError
+from evalkit.stats import paired_bootstrap
+
+DIRECTIONS = {
+    "max_increase": (1, False),
+    "max_drop": (-1, False),
+    "max_relative_increase": (1, True),
+    "max_relative_drop": (-1, True),
+}
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+WORST = 5  # worst examples shown per rule
+
+REPORTS_SCHEMA = """CREATE TABLE IF NOT EXISTS gate_reports (
+    report_id VARCHAR PRIMARY KEY,
+    baseline_run VARCHAR,
+    candidate_run VARCHAR,
+    spec JSON,
+    verdict VARCHAR,
+    created_at TIMESTAMP,
+    path VARCHAR,
+    report JSON
+)"""
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    type: str = "metric"
+    task: str | None = None
+    limit: str = ""  # one of DIRECTIONS, for metric rules
+    threshold: float = 0.0
+    require_significance: bool = True
+    group_by: str = "category"  # bias rules
+    center: float = 0.5  # bias rules
+
+    def describe(self) -> str:
+        where = f"{self.task}/" if self.task else ""
+        if self.type == "bias":
+            return (
+                f"{where}{self.metric}: no {self.group_by} further from {self.center} "
+                "than in the baseline"
+            )
+        unit = (
+            f"{self.threshold:.1%} relative" if "relative" in self.limit else f"{self.threshold:g}"
+        )
+        verb = "rise" if DIRECTIONS[self.limit][0] > 0 else "drop"
+        return f"{where}{self.metric} may not {verb} by more than {unit}"
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    rules: list[Rule]
+    alpha: float = 0.05
+    n_resamples: int = 2000
+    seed: int = 0
+    definition: dict = field(default_factory=dict)
+
+
+def load_spec(path: str | Path) -> GateSpec:
+    path = Path(path)
+    try:
+        definition = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise EvalkitError(f"cannot read gate spec {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise EvalkitError(f"gate spec {path} is not valid TOML: {exc}") from exc
+    rules = []
+    for i, raw in enumerate(definition.get("rules", []), start=1):
+        raw = dict(raw)
+        kind = raw.pop("type", "metric")
+        where = f"gate spec {path}, rule {i}"
+        if kind == "bias":
+            rules.append(
+                Rule(
+                    raw.pop("metric", "stereo_preferred_sum"),
+                    "bias",
+                    raw.pop("task", "bias"),
+                    group_by=raw.pop("group_by", "category"),
+                    center=float(raw.pop("center", 0.5)),
+                )
+            )
+        elif kind == "metric":
+            if "metric" not in raw:
+                raise EvalkitError(f"{where}: no metric named")
+            limits = [k for k in DIRECTIONS if k in raw]
+            if len(limits) != 1:
+                raise EvalkitError(
+                    f"{where} ({raw['metric']}): give exactly one of {', '.join(DIRECTIONS)}"
+                )
+            rules.append(
+                Rule(
+                    raw.pop("metric"),
+                    task=raw.pop("task", None),
+                    limit=limits[0],
+                    threshold=float(raw.pop(limits[0])),
+                    require_significance=bool(raw.pop("require_significance", True)),
+                )
+            )
+        else:
+            raise EvalkitError(f"{where}: unknown type {kind!r}", hint="use metric or bias")
+        unknown = sorted(set(raw) - {"group_by", "center"})
+        if unknown:
+            raise EvalkitError(f"{where}: unknown key {unknown[0]!r}")
+    if not rules:
+        raise EvalkitError(f"gate spec {path} has no [[rules]]")
+    n_resamples = int(definition.get("n_resamples", 2000))
+    if n_resamples < 1000:
+        raise EvalkitError(f"gate spec {path}: n_resamples must be at least 1000")
+    return GateSpec(
+        rules,
+        float(definition.get("alpha", 0.05)),
+        n_resamples,
+        int(definition.get("seed", 0)),
+        definition,
+    )
+
+
+@dataclass
+class RuleResult:
+    rule: str
+    metric: str
+    task: str
+    verdict: str
+    observed: float  # the worsening, in the rule's units (positive is worse)
+    threshold: float
+    low: float
+    high: float
+    p_value: float
+    warnings: list[str] = field(default_factory=list)
+    baseline: float = math.nan
+    candidate: float = math.nan
+    worst: list[dict] = field(default_factory=list)
+    groups: list[dict] = field(default_factory=list)  # bias rules: one row per category
+
+
+def judge_metric(rule: Rule, m: MetricComparison, alpha: float) -> RuleResult:
+    """The verdict of a threshold rule on one compared metric."""
+    sign, relative = DIRECTIONS[rule.limit]
+    scale = abs(m.baseline) if relative and m.baseline else 1.0
+    observed = sign * m.difference / scale
+    bounds = sorted((sign * m.low / scale, sign * m.high / scale))
+    significant = m.p_value < alpha and not (bounds[0] <= 0 <= bounds[1])
+    worse = observed > rule.threshold
+    if worse and (significant or not rule.require_significance):
+        verdict = FAIL
+    elif worse:
+        verdict = INCONCLUSIVE
+    else:
+        verdict = PASS
+    warnings = []
+    detectable = m.min_detectable / scale
+    if detectable > rule.threshold:
+        warnings.append(
+            f"the sample ({m.n} examples) is too small to detect a change of {rule.threshold:g}: "
+            f"about {detectable:.3g} is detectable at 80% power"
+        )
+    return RuleResult(
+        rule.describe(),
+        m.metric,
+        m.task,
+        verdict,
+        observed,
+        rule.threshold,
+        bounds[0],
+        bounds[1],
+        m.p_value,
+        warnings,
+        m.baseline,
+        m.candidate,
+    )
+
+
+def judge_bias(rule: Rule, comparison: Comparison, spec: GateSpec) -> RuleResult:
+    """Per group: |score - center| of the candidate minus the baseline's, paired bootstrap."""
+    scores_b, scores_c = comparison.scores
+    if rule.task not in scores_b:
+        raise EvalkitError(
+            f"bias rule: the runs have no task {rule.task!r}",
+            hint=f"tasks: {', '.join(scores_b)}",
+        )
+    b, c = scores_b[rule.task], scores_c[rule.task]
+    if rule.metric not in b.columns:
+        raise EvalkitError(f"bias rule: task {rule.task} has no score {rule.metric!r}")
+
+    def distance(sums: np.ndarray) -> np.ndarray:
+        return np.abs(sums[:, 0] / sums[:, -1] - rule.center)
+
+    labels = np.array([str(m.get(rule.group_by, "all")) for m in b.metadata])
+    groups, failed = [], []
+    for group in sorted(set(labels)):
+        rows = labels == group
+        observed, low, high, _ = paired_bootstrap(
+            b.column(rule.metric)[rows],
+            c.column(rule.metric)[rows],
+            distance,
+            n_resamples=spec.n_resamples,
+            seed=spec.seed,
+        )
+        verdict = FAIL if low > 0 else PASS
+        groups.append(
+            {
+                "group": group,
+                "n": int(rows.sum()),
+                "baseline": float(b.column(rule.metric)[rows].mean()),
+                "candidate": float(c.column(rule.metric)[rows].mean()),
+                "distance_change": observed,
+                "low": low,
+                "high": high,
+                "verdict": verdict,
+            }
+        )
+        if verdict == FAIL:
+            failed.append(group)
+    worst = max(groups, key=lambda g: g["low"])
+    return RuleResult(
+        rule.describe(),
+        rule.metric,
+        rule.task,
+        FAIL if failed else PASS,
+        worst["distance_change"],
+        0.0,
+        worst["low"],
+        worst["high"],
+        math.nan,
+        [f"worse in {', '.join(failed)}"] if failed else [],
+        worst["baseline"],
+        worst["candidate"],
+        groups=groups,
+    )
+
+
+def worst_examples(
+    con: duckdb.DuckDBPyConnection, comparison: Comparison, result: RuleResult, sign: int
+) -> list[dict]:
+    """The examples that moved most in the rule's bad direction, with both outputs."""
+    from evalkit.runner import metrics_of
+    from evalkit.suite import task_name
+
+    scores_b, scores_c = comparison.scores
+    b, c = scores_b[result.task], scores_c[result.task]
+    tasks = {task_name(s): s for s in comparison.baseline["suite"].get("tasks", [])}
+    metric = next(
+        m for m in metrics_of(tasks[result.task], set(b.columns)) if m.name == result.metric
+    )
+    idx = [b.columns.index(col) for col in metric.columns]
+
+    def per_example(table: np.ndarray) -> np.ndarray:
+        sums = np.hstack([table[:, idx], np.ones((len(table), 1))])
+        return metric.aggregate(sums)
+
+    change = sign * (per_example(c.table) - per_example(b.table))
+    order = [int(i) for i in np.argsort(-change, kind="stable")[:WORST] if change[i] > 0]
+    rows = []
+    for i in order:
+        example_id = b.example_ids[i]
+        texts = {}
+        for side, run in (("baseline", comparison.baseline), ("candidate", comparison.candidate)):
+            found = con.execute(
+                "SELECT prompt, reference, output FROM eval_examples "
+                "WHERE run_id = ? AND task = ? AND example_id = ?",
+                [run["run_id"], result.task, example_id],
+            ).fetchone()
+            texts["prompt"], texts["reference"], texts[f"{side}_output"] = found
+        rows.append(
+            {
+                "example_id": example_id,
+                "baseline_value": float(per_example(b.table[i : i + 1])[0]),
+                "candidate_value": float(per_example(c.table[i : i + 1])[0]),
+                **texts,
+                "metadata": b.metadata[i],
+            }
+        )
+    return rows
+
+
+def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> list[dict]:
+    """Per task: evaluation examples sharing a 13-gram with the candidate's training data."""
+    from finetune.contamination import overlap
+
+    lineage = comparison.candidate.get("lineage") or {}
+    train = Path(lineage.get("dataset", "")) / "train.jsonl" if lineage.get("dataset") else None
+    if not train or not train.is_file():
+        return [
+            {
+                "task": None,
+                "status": "unknown",
+                "note": "the candidate names no training dataset (not trained by evalkit, or "
+                "its dataset directory is gone)",
+            }
+        ]
+    train_texts = []
+    with open(train, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            train_texts.append(" ".join(m["content"] for m in record.get("messages", [])))
+    out = []
+    for task in comparison.scores[0]:
+        rows = con.execute(
+            "SELECT prompt, reference FROM eval_examples WHERE run_id = ? AND task = ? "
+            "ORDER BY example_id",
+            [comparison.candidate["run_id"], task],
+        ).fetchall()
+        texts = [_flatten(p) + " " + (r or "") for p, r in rows]
+        _, hits = overlap(train_texts, texts)
+        out.append(
+            {
+                "task": task,
+                "status": "contaminated" if hits else "clean",
+                "examples": len(texts),
+                "contaminated": hits,
+                "training_data": str(train),
+                "ngram": 13,
+            }
+        )
+    return out
+
+
+def _flatten(prompt: str | None) -> str:
+    if not prompt:
+        return ""
+    try:
+        return " ".join(m["content"] for m in json.loads(prompt))
+    except (ValueError, TypeError, KeyError):
+        return prompt
+
+
+@dataclass
+class GateReport:
+    verdict: str
+    exit_code: int
+    rules: list[RuleResult]
+    checks: list[dict]
+    contamination: list[dict]
+    comparison: Comparison
+    spec: GateSpec
+
+    def to_dict(self) -> dict:
+        """Every number of the report; NaN and infinity become null (strict JSON)."""
+        return _finite(
+            {
+                "verdict": self.verdict,
+                "exit_code": self.exit_code,
+                "rules": [asdict(r) for r in self.rules],
+                "checks": self.checks,
+                "contamination": self.contamination,
+                "spec": self.spec.definition,
+                **self.comparison.to_dict(),
+            }
+        )
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def run_gate(
+    con: duckdb.DuckDBPyConnection, baseline: str, candidate: str, spec: GateSpec
+) -> GateReport:
+    """Judge the candidate against the baseline by every rule of the spec."""
+    comparison = compare_runs(
+        con, baseline, candidate, n_resamples=spec.n_resamples, seed=spec.seed
+    )
+    results = []
+    for rule in spec.rules:
+        if rule.type == "bias":
+            results.append(judge_bias(rule, comparison, spec))
+            continue
+        result = judge_metric(rule, comparison.find(rule.metric, rule.task), spec.alpha)
+        result.worst = worst_examples(con, comparison, result, DIRECTIONS[rule.limit][0])
+        results.append(result)
+    same_template = (
+        comparison.baseline["chat_template_fingerprint"]
+        == comparison.candidate["chat_template_fingerprint"]
+    )
+    checks = [
+        {
+            "check": "same chat template",
+            "verdict": PASS if same_template else FAIL,
+            "baseline": comparison.baseline["chat_template_fingerprint"],
+            "candidate": comparison.candidate["chat_template_fingerprint"],
+        },
+        {"check": "same suite", "verdict": PASS, "suite_hash": comparison.baseline["suite_hash"]},
+    ]
+    failed = any(r.verdict == FAIL for r in results) or not same_template
+    return GateReport(
+        FAIL if failed else PASS,
+        1 if failed else 0,
+        results,
+        checks,
+        contamination(con, comparison),
+        comparison,
+        spec,
+    )
+
+
+# --- reports ---------------------------------------------------------------------------------
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.4g}"
+
+
+def _short(text: str | None, limit: int = 160) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_markdown(report: GateReport) -> str:
+    comparison = report.comparison
+    b, c = comparison.baseline, comparison.candidate
+    lines = [
+        f"# Release gate: {report.verdict.upper()}",
+        "",
+        f"Baseline `{b['run_id']}` ({b['model_path']}) vs candidate `{c['run_id']}` "
+        f"({c['model_path']}), suite `{b['suite_name']}`; {comparison.n_resamples} paired "
+        f"bootstrap resamples (seed {comparison.seed}), alpha {report.spec.alpha}.",
+        "",
+        "## Rules",
+        "",
+        "| rule | verdict | baseline | candidate | observed | threshold | 95% CI | p |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report.rules:
+        lines.append(
+            f"| {r.rule} | **{r.verdict}** | {_fmt(r.baseline)} | {_fmt(r.candidate)} | "
+            f"{_fmt(r.observed)} | {_fmt(r.threshold)} | [{_fmt(r.low)}, {_fmt(r.high)}] | "
+            f"{_fmt(r.p_value)} |"
+        )
+    warnings = [f"- {r.rule}: {w}" for r in report.rules for w in r.warnings]
+    if warnings:
+        lines += ["", "Warnings:", "", *warnings]
+    lines += ["", "## Checks", ""]
+    lines += [f"- {c['check']}: **{c['verdict']}**" for c in report.checks]
+    for r in report.rules:
+        if r.groups:
+            lines += [
+                "",
+                f"## {r.rule}",
+                "",
+                "| group | n | baseline | candidate | distance change | 95% CI | verdict |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            lines += [
+                f"| {g['group']} | {g['n']} | {_fmt(g['baseline'])} | {_fmt(g['candidate'])} | "
+                f"{_fmt(g['distance_change'])} | [{_fmt(g['low'])}, {_fmt(g['high'])}] | "
+                f"{g['verdict']} |"
+                for g in r.groups
+            ]
+        if r.worst:
+            lines += ["", f"### Worst examples: {r.rule}", ""]
+            for w in r.worst:
+                lines += [
+                    f"- `{w['example_id']}` {r.metric} {_fmt(w['baseline_value'])} → "
+                    f"{_fmt(w['candidate_value'])}",
+                    f"  - prompt: {_short(_flatten(w['prompt']))}",
+                    f"  - reference: {_short(w['reference'])}",
+                    f"  - baseline: {_short(w['baseline_output'])}",
+                    f"  - candidate: {_short(w['candidate_output'])}",
+                ]
+    lines += [
+        "",
+        "## All metrics",
+        "",
+        "| task | metric | baseline | candidate | difference | 95% CI | p | test | detectable |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in comparison.metrics:
+        lines.append(
+            f"| {m.task} | {m.metric} | {_fmt(m.baseline)} | {_fmt(m.candidate)} | "
+            f"{_fmt(m.difference)} | [{_fmt(m.low)}, {_fmt(m.high)}] | {_fmt(m.p_value)} | "
+            f"{m.test} | {_fmt(m.min_detectable)} |"
+        )
+    lines += ["", "## Lineage", ""]
+    for side, run in (("baseline", b), ("candidate", c)):
+        lineage = run.get("lineage") or {}
+        lines.append(
+            f"- {side}: model `{run['model_hash'][:12]}`, chat template "
+            f"`{run['chat_template_fingerprint'][:12]}`, training run "
+            f"{lineage.get('training_run', 'unknown')}, dataset "
+            f"`{(lineage.get('dataset_hash') or 'unknown')[:12]}`, code {run['code_version']}"
+        )
+    lines += ["", "## Contamination (candidate's training data vs evaluation sets)", ""]
+    for row in report.contamination:
+        if row["task"] is None:
+            lines.append(f"- {row['status']}: {row['note']}")
+        else:
+            lines.append(
+                f"- {row['task']}: {row['contaminated']} of {row['examples']} examples share a "
+                f"{row['ngram']}-gram with the training data ({row['status']})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _forest_svg(report: GateReport) -> str:
+    """Each rule's observed worsening with its interval against its threshold, as inline SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rules = [r for r in report.rules if not math.isnan(r.observed)]
+    fig, axes = plt.subplots(len(rules), 1, figsize=(7, 0.9 * len(rules) + 0.6), squeeze=False)
+    for ax, r in zip(axes[:, 0], rules):
+        color = {"pass": "#2a7", "fail": "#c33", "inconclusive": "#d90"}[r.verdict]
+        ax.errorbar(
+            [r.observed],
+            [0],
+            xerr=[[max(r.observed - r.low, 0)], [max(r.high - r.observed, 0)]],
+            fmt="o",
+            color=color,
+            capsize=4,
+        )
+        ax.axvline(r.threshold, color="#c33", linestyle="--", linewidth=1)
+        ax.axvline(0, color="#888", linewidth=0.8)
+        ax.set_yticks([])
+        ax.set_title(f"{r.rule} ({r.verdict})", fontsize=8, loc="left")
+        ax.tick_params(labelsize=7)
+    axes[-1, 0].set_xlabel("worsening (positive is worse); dashed: threshold", fontsize=7)
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+def render_html(report: GateReport) -> str:
+    """One self-contained page: the markdown's content, with the rules plotted inline."""
+    body = []
+    for line in render_markdown(report).splitlines():
+        escaped = html.escape(line)
+        if line.startswith("# "):
+            body.append(f"<h1>{escaped[2:]}</h1>")
+            body.append(_forest_svg(report))
+        elif line.startswith("## ") or line.startswith("### "):
+            body.append(f"<h2>{escaped.lstrip('#').strip()}</h2>")
+        elif line.startswith("| --- "):
+            continue
+        elif line.startswith("|"):
+            cells = "".join(f"<td>{c.strip()}</td>" for c in escaped.strip("|").split("|"))
+            body.append(f"<table><tr>{cells}</tr></table>")
+        elif line.strip():
+            body.append(f"<p>{escaped}</p>")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse}td{border:1px solid #ccc;padding:2px 6px;font-size:13px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Release gate: "
+        f"{report.verdict}</title><style>{style}</style></head><body>{''.join(body)}"
+        "</body></html>\n"
+    )
+
+
+def write_reports(report: GateReport, out: Path) -> dict[str, Path]:
+    """report.md, report.html and report.json in ``out`` (each written whole, then renamed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, text in (
+        ("report.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n"),
+        ("report.md", render_markdown(report)),
+        ("report.html", render_html(report)),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
+        paths[name] = out / name
+    return paths
+
+
+def record_report(con: duckdb.DuckDBPyConnection, report: GateReport, path: Path) -> str:
+    """Keep the report in the store, so the lineage of a release can be traced."""
+    con.execute(REPORTS_SCHEMA)
+    report_id = uuid.uuid4().hex[:12]
+    con.execute(
+        "INSERT INTO gate_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            report_id,
+            report.comparison.baseline["run_id"],
+            report.comparison.candidate["run_id"],
+            json.dumps(report.spec.definition),
+            report.verdict,
+            datetime.now(UTC).replace(tzinfo=None),
+            str(path),
+            json.dumps(report.to_dict(), default=str),
+        ],
+    )
+    return report_id
