@@ -207,6 +207,8 @@ def generate(
 ) -> list[Generation]:
     """The model's next assistant turn for each conversation, in order.
 
+    A prompt longer than the context minus ``max_new_tokens`` keeps its last tokens.
+
     With ``cache``, responses already in the store are read back and each finished batch is
     written at once, so an interrupted run loses at most one batch.
     """
@@ -232,6 +234,17 @@ def generate(
         )
         for i in todo
     }
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:
+        room = context - config.max_new_tokens
+        if room < 1:
+            raise EvalkitError(
+                f"max_new_tokens {config.max_new_tokens} leaves no room for a prompt in the "
+                f"model's context of {context} tokens",
+                hint="lower max_new_tokens",
+            )
+        # as lm-eval does: a prompt too long for the context keeps its most recent tokens
+        rendered = {i: ids[-room:] for i, ids in rendered.items()}
     todo.sort(key=lambda i: len(rendered[i]))  # similar lengths share a batch: little padding
     batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
     for batch in tqdm(batches, desc="generate", disable=not progress or None):

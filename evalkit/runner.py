@@ -155,6 +155,10 @@ def run_generation(model, tokenizer, task, examples, batch_size, cache, seed):
     has_refs = all(r is not None for r in references)
     if wanted is None:
         wanted = [*REFERENCE_METRICS, "exact_match", "length"] if has_refs else ["length"]
+        if not has_refs:
+            log.warning(
+                "task %s: not every example has a reference; no reference metrics", task.name
+            )
     needs_refs = [m for m in wanted if m != "length"]
     if needs_refs and not has_refs:
         missing = next(e.id for e, r in zip(examples, references) if r is None)

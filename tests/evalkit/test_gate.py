@@ -1,0 +1,243 @@
+"""End to end: evaluate models into the store, compare the runs, gate the candidate."""
+
+import json
+import shutil
+
+import pytest
+
+from evalkit.cli import main
+from evalkit.runs import get_run, list_runs
+from evalkit.store import open_store
+
+SUITE = """
+name = "support-smoke"
+[datasets.conv]
+path = "conv.jsonl"
+[datasets.texts]
+path = "texts.jsonl"
+{extra}
+[[tasks]]
+type = "perplexity"
+dataset = "texts"
+[[tasks]]
+type = "perplexity"
+dataset = "conv"
+[[tasks]]
+type = "generation"
+dataset = "conv"
+max_new_tokens = 10
+repetition_penalty = 1.3
+no_repeat_ngram_size = 3
+"""
+GATE = """
+n_resamples = 1000
+[[rules]]
+metric = "perplexity"
+task = "perplexity:conv"
+max_relative_increase = 0.02
+[[rules]]
+metric = "chrf"
+max_drop = 1.0
+[[rules]]
+metric = "repetitive"
+max_increase = 0.1
+"""
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    from finetune.corpora import load_chitchat, load_topics, write_jsonl
+
+    root = tmp_path_factory.mktemp("suite")
+    convs = [c for c in load_topics() if c["messages"][-1]["role"] == "assistant"][::20][:40]
+    write_jsonl([{"id": f"q{i}", **c} for i, c in enumerate(convs)], root / "conv.jsonl")
+    texts = [
+        {"id": f"t{i}", "text": "\n".join(m["content"] for m in c["messages"])}
+        for i, c in enumerate(load_chitchat()[:30])
+    ]
+    write_jsonl(texts, root / "texts.jsonl")
+    (root / "suite.toml").write_text(SUITE.format(extra=""))
+    (root / "gate.toml").write_text(GATE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def damaged_model(micro_model, tmp_path_factory):
+    """The micro model with noise on every weight: a planted regression."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path_factory.mktemp("damaged") / "model"
+    shutil.copytree(micro_model, path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return tmp_path_factory.mktemp("ws")
+
+
+def _cli(workspace, *args) -> int:
+    return main(["--workspace", str(workspace), *map(str, args)])
+
+
+def _eval(workspace, model, suite_file, name) -> int:
+    return _cli(workspace, "eval", "--model", model, "--suite", suite_file, "--name", name)
+
+
+@pytest.fixture(scope="module")
+def runs(workspace, suite, micro_model, damaged_model):
+    for model, name in ((micro_model, "base"), (micro_model, "base-again"), (damaged_model, "bad")):
+        assert _eval(workspace, model, suite / "suite.toml", name) == 0
+    return workspace
+
+
+def _report(out):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads((out / "report.json").read_text(), parse_constant=refuse)
+
+
+def test_same_model_twice_passes_and_regenerates_nothing(runs, suite, tmp_path):
+    with open_store(runs / "evalkit.duckdb") as con:
+        again = get_run(con, "base-again")
+    assert again["summary"]["cached_generations"] == 40
+    assert again["status"] == "complete" and again["suite_hash"]
+    out = tmp_path / "report"
+    assert _cli(runs, "gate", "--baseline", "base", "--candidate", "base-again",
+                "--spec", suite / "gate.toml", "--out", out) == 0  # fmt: skip
+    report = _report(out)
+    assert report["verdict"] == "pass" and report["exit_code"] == 0
+    assert all(r["verdict"] == "pass" for r in report["rules"])
+    assert all(m["difference"] == 0 for m in report["metrics"])
+    assert "<svg" in (out / "report.html").read_text()
+    assert "Release gate: PASS" in (out / "report.md").read_text()
+
+
+def test_a_damaged_candidate_fails_the_gate(runs, suite, tmp_path):
+    out = tmp_path / "report"
+    code = _cli(runs, "gate", "--baseline", "base", "--candidate", "bad",
+                "--spec", suite / "gate.toml", "--out", out)  # fmt: skip
+    assert code == 1
+    report = _report(out)
+    rule = next(r for r in report["rules"] if r["metric"] == "perplexity")
+    assert rule["verdict"] == "fail"
+    assert rule["low"] > 0.02 and rule["p_value"] < 0.05
+    assert len(rule["worst"]) == 5
+    assert rule["worst"][0]["candidate_value"] > rule["worst"][0]["baseline_value"]
+    md = (out / "report.md").read_text()
+    assert "Release gate: FAIL" in md and "Worst examples" in md
+    for side in ("baseline", "candidate"):
+        assert report[side]["model_hash"] and report[side]["code_version"]
+
+
+def test_compare_prints_intervals_and_breakdown(runs, capsys):
+    capsys.readouterr()
+    assert _cli(runs, "compare", "base", "bad", "--by", "topic", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    ppl = next(m for m in data["metrics"] if m["task"] == "perplexity:texts")
+    assert ppl["metric"] == "perplexity" and ppl["low"] <= ppl["difference"] <= ppl["high"]
+    assert set(data["breakdown"]["topic"]) >= {"ai", "trivia", "coding"}
+    assert _cli(runs, "compare", "base", "bad") == 0
+    assert "significant" in capsys.readouterr().out
+
+
+def test_runs_of_different_suites_are_refused(runs, suite, micro_model, capsys):
+    (suite / "other.toml").write_text(SUITE.format(extra="").replace("support-smoke", "other"))
+    assert _eval(runs, micro_model, suite / "other.toml", "other") == 0
+    capsys.readouterr()
+    code = _cli(runs, "gate", "--baseline", "base", "--candidate", "other",
+                "--spec", suite / "gate.toml")  # fmt: skip
+    assert code == 2
+    assert "different suites" in capsys.readouterr().err
+
+
+def test_a_run_that_died_is_never_complete(runs, suite, micro_model, monkeypatch, capsys):
+    import evalkit.runner
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(evalkit.runner, "run_generation", dies)
+    assert _eval(runs, micro_model, suite / "suite.toml", "died") == 2
+    with open_store(runs / "evalkit.duckdb") as con:
+        assert get_run(con, "died")["status"] == "failed"
+        assert "died" in {r["name"] for r in list_runs(con)}
+    capsys.readouterr()
+    assert _cli(runs, "compare", "base", "died") == 2
+    assert "not complete" in capsys.readouterr().err
+
+
+def test_a_different_chat_template_fails(runs, suite, micro_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other-template"
+    shutil.copytree(micro_model, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.chat_template = tokenizer.chat_template.replace("<|end|>", "<|end|> ")
+    tokenizer.save_pretrained(other)
+    assert _eval(runs, other, suite / "suite.toml", "templated") == 0
+    out = tmp_path / "report"
+    code = _cli(runs, "gate", "--baseline", "base", "--candidate", "templated",
+                "--spec", suite / "gate.toml", "--out", out)  # fmt: skip
+    assert code == 1
+    check = next(c for c in _report(out)["checks"] if c["check"] == "same chat template")
+    assert check["verdict"] == "fail"
+
+
+def test_bad_suites_name_the_problem(workspace, suite, micro_model, model_without_template, capsys):
+    cases = {
+        "missing": ("[datasets.x]\npath = 'nowhere.jsonl'\n[[tasks]]\ntype='perplexity'\n"
+                    "dataset='x'\n", "nowhere.jsonl"),
+        "empty": ("[datasets.x]\npath = 'empty.jsonl'\n[[tasks]]\ntype='perplexity'\n"
+                  "dataset='x'\n", "is empty"),
+        "unknown": ("[[tasks]]\ntype='perplexity'\ndataset='x'\n", "names dataset 'x'"),
+        "type": ("[[tasks]]\ntype='bleu'\n", "has type 'bleu'"),
+    }  # fmt: skip
+    (suite / "empty.jsonl").write_text("")
+    for name, (text, message) in cases.items():
+        (suite / f"{name}.toml").write_text(text)
+        assert _eval(workspace, micro_model, suite / f"{name}.toml", name) == 2
+        assert message in capsys.readouterr().err
+    assert _eval(workspace, model_without_template, suite / "suite.toml", "plain") == 2
+    assert "no chat template" in capsys.readouterr().err
+    (suite / "bad-spec.toml").write_text("[[rules]]\nmetric = 'bleu'\n")
+    assert _cli(workspace, "gate", "--baseline", "a", "--candidate", "b",
+                "--spec", suite / "bad-spec.toml") == 2  # fmt: skip
+    assert "give exactly one of" in capsys.readouterr().err
+
+
+def test_conversation_perplexity_is_the_training_loss(micro_model, suite):
+    """Assistant-masked NLL per token equals the model's own loss with the training labels."""
+    import torch
+
+    from evalkit.models import load_model
+    from evalkit.runner import run_perplexity
+    from evalkit.suite import TaskSpec, load_examples, load_suite
+    from finetune.packing import encode
+
+    model, tokenizer = load_model(micro_model)
+    spec = load_suite(suite / "suite.toml").datasets["conv"]
+    context = model.config.max_position_embeddings
+    examples = [
+        e
+        for e in load_examples(spec)
+        if len(tokenizer.apply_chat_template(e.messages, return_dict=False)) <= context
+    ][:8]
+    encoded = encode(tokenizer, [e.messages for e in examples], max_length=context)
+    assert len(examples) == 8 and encoded.too_long == 0
+    results = run_perplexity(model, tokenizer, TaskSpec("p", "perplexity", "conv"), examples, 4)
+    for result, ids, labels in zip(results, encoded.input_ids, encoded.labels):
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+        assert result.scores["nll"] / result.scores["tokens"] == pytest.approx(
+            loss.item(), rel=1e-5
+        )
+        assert result.scores["tokens"] == sum(label != -100 for label in labels[1:])
