@@ -507,14 +507,19 @@ def render_markdown(report: GateReport) -> str:
         if r.worst:
             lines += ["", f"### Worst examples: {r.rule}", ""]
             for w in r.worst:
-                lines += [
+                lines.append(
                     f"- `{w['example_id']}` {r.metric} {_fmt(w['baseline_value'])} → "
-                    f"{_fmt(w['candidate_value'])}",
-                    f"  - prompt: {_short(_flatten(w['prompt']))}",
-                    f"  - reference: {_short(w['reference'])}",
-                    f"  - baseline: {_short(w['baseline_output'])}",
-                    f"  - candidate: {_short(w['candidate_output'])}",
-                ]
+                    f"{_fmt(w['candidate_value'])}"
+                )
+                for key, label in (
+                    ("prompt", "prompt"),
+                    ("reference", "scored text" if w["baseline_output"] is None else "reference"),
+                    ("baseline_output", "baseline"),
+                    ("candidate_output", "candidate"),
+                ):
+                    text = _flatten(w[key]) if key == "prompt" else w[key]
+                    if text is not None:
+                        lines.append(f"  - {label}: {_short(text)}")
     lines += [
         "",
         "## All metrics",
@@ -585,23 +590,32 @@ def _forest_svg(report: GateReport) -> str:
 def render_html(report: GateReport) -> str:
     """One self-contained page: the markdown's content, with the rules plotted inline."""
     body = []
+    in_table = False
     for line in render_markdown(report).splitlines():
         escaped = html.escape(line)
+        if in_table and not line.startswith("|"):
+            body.append("</table>")
+            in_table = False
         if line.startswith("# "):
             body.append(f"<h1>{escaped[2:]}</h1>")
             body.append(_forest_svg(report))
-        elif line.startswith("## ") or line.startswith("### "):
+        elif line.startswith("#"):
             body.append(f"<h2>{escaped.lstrip('#').strip()}</h2>")
         elif line.startswith("| --- "):
             continue
         elif line.startswith("|"):
-            cells = "".join(f"<td>{c.strip()}</td>" for c in escaped.strip("|").split("|"))
-            body.append(f"<table><tr>{cells}</tr></table>")
+            cell = "td" if in_table else "th"
+            cells = "".join(f"<{cell}>{c.strip()}</{cell}>" for c in escaped.strip("|").split("|"))
+            body.append(("" if in_table else "<table>") + f"<tr>{cells}</tr>")
+            in_table = True
         elif line.strip():
             body.append(f"<p>{escaped}</p>")
+    if in_table:
+        body.append("</table>")
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-        "table{border-collapse:collapse}td{border:1px solid #ccc;padding:2px 6px;font-size:13px}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}th{background:#eee}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Release gate: "

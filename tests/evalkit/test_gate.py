@@ -241,3 +241,54 @@ def test_conversation_perplexity_is_the_training_loss(micro_model, suite):
             loss.item(), rel=1e-5
         )
         assert result.scores["tokens"] == sum(label != -100 for label in labels[1:])
+
+
+def test_lineage_and_contamination_of_a_trained_candidate(
+    workspace, micro_model, topics_dataset, tmp_path
+):
+    from finetune.train import TrainConfig, train
+
+    run = train(
+        TrainConfig(
+            base=str(micro_model), data=str(topics_dataset), out=str(tmp_path / "run"), max_steps=3
+        )
+    )
+    lines = {
+        split: (topics_dataset / f"{split}.jsonl").read_text().splitlines()[:15]
+        for split in ("train", "test")
+    }
+    for split, rows in lines.items():
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / "suite.toml").write_text(
+        "name = 'lineage'\n"
+        + "".join(
+            f"[datasets.{s}]\npath = '{s}.jsonl'\n[[tasks]]\ntype = 'perplexity'\ndataset = '{s}'\n"
+            for s in lines
+        )
+    )
+    (tmp_path / "gate.toml").write_text(
+        "[[rules]]\nmetric = 'bits_per_byte'\ntask = 'perplexity:test'\nmax_increase = 1.0\n"
+    )
+    assert _eval(workspace, micro_model, tmp_path / "suite.toml", "lineage-base") == 0
+    assert _eval(workspace, run / "model", tmp_path / "suite.toml", "lineage-tuned") == 0
+    out = tmp_path / "report"
+    assert _cli(workspace, "gate", "--baseline", "lineage-base", "--candidate", "lineage-tuned",
+                "--spec", tmp_path / "gate.toml", "--out", out) == 0  # fmt: skip
+    report = _report(out)
+    lineage = report["candidate"]["lineage"]
+    manifest = json.loads((topics_dataset / "manifest.json").read_text())
+    assert lineage["training_run"] == str(run.resolve())
+    assert lineage["dataset_hash"] == manifest["dataset_hash"]
+    found = {row["task"]: row for row in report["contamination"]}
+    assert found["perplexity:train"]["contaminated"] > 0
+    assert found["perplexity:train"]["status"] == "contaminated"
+    assert found["perplexity:test"]["contaminated"] < found["perplexity:train"]["contaminated"]
+    assert "unknown" in {row["status"] for row in _baseline_contamination(workspace, tmp_path)}
+
+
+def _baseline_contamination(workspace, tmp_path):
+    """Gating the other way round: the base model names no training data."""
+    out = tmp_path / "reverse"
+    _cli(workspace, "gate", "--baseline", "lineage-tuned", "--candidate", "lineage-base",
+         "--spec", tmp_path / "gate.toml", "--out", out)  # fmt: skip
+    return _report(out)["contamination"]
