@@ -25,7 +25,7 @@ from evalkit.stats import (
     bootstrap_sums,
     mcnemar_p_value,
     percentile_interval,
-    permutation_p_value,
+    permutation_p_values,
 )
 from evalkit.suite import task_name
 
@@ -53,31 +53,33 @@ class TaskScores:
 
 def load_scores(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, TaskScores]:
     """Every task's score table of a run, examples sorted by id."""
-    data = con.execute(
-        "SELECT task, example_id, metric, value FROM eval_scores WHERE run_id = ? "
-        "ORDER BY task, example_id, metric",
-        [run_id],
-    ).fetchnumpy()
-    meta = dict(
-        ((task, eid), json.loads(m) if m else {})
-        for task, eid, m in con.execute(
-            "SELECT task, example_id, metadata FROM eval_examples WHERE run_id = ?", [run_id]
-        ).fetchall()
-    )
     out = {}
-    tasks = np.asarray(data["task"], dtype=object)
-    for task in dict.fromkeys(tasks.tolist()):
-        rows = tasks == task
-        ids = np.asarray(data["example_id"], dtype=object)[rows]
-        metrics = np.asarray(data["metric"], dtype=object)[rows]
-        values = np.asarray(data["value"], dtype=float)[rows]
-        example_ids, row = np.unique(ids, return_inverse=True)
-        columns, col = np.unique(metrics, return_inverse=True)
-        table = np.full((len(example_ids), len(columns)), np.nan)
-        table[row, col] = values
-        example_ids = example_ids.tolist()
+    tasks = con.execute(
+        "SELECT DISTINCT task FROM eval_scores WHERE run_id = ? ORDER BY task", [run_id]
+    ).fetchall()
+    for (task,) in tasks:
+        examples = con.execute(
+            "SELECT example_id, metadata FROM eval_examples WHERE run_id = ? AND task = ? "
+            "ORDER BY example_id",
+            [run_id, task],
+        ).fetchall()
+        columns = con.execute(
+            "SELECT DISTINCT metric FROM eval_scores WHERE run_id = ? AND task = ? ORDER BY metric",
+            [run_id, task],
+        ).fetchall()
+        cells = con.execute(
+            "SELECT dense_rank() OVER (ORDER BY example_id) - 1 AS row, "
+            "dense_rank() OVER (ORDER BY metric) - 1 AS col, value "
+            "FROM eval_scores WHERE run_id = ? AND task = ?",
+            [run_id, task],
+        ).fetchnumpy()
+        table = np.full((len(examples), len(columns)), np.nan)
+        table[np.asarray(cells["row"]), np.asarray(cells["col"])] = np.asarray(cells["value"])
         out[task] = TaskScores(
-            example_ids, columns.tolist(), table, [meta.get((task, e), {}) for e in example_ids]
+            [e for e, _ in examples],
+            [m for (m,) in columns],
+            table,
+            [json.loads(m) if m else {} for _, m in examples],
         )
     return out
 
@@ -166,59 +168,78 @@ def _sacrebleu_p_value(dist_b: np.ndarray, dist_c: np.ndarray, observed: float) 
     return float((np.sum(centred >= abs(observed)) + 1) / (len(sample) + 1))
 
 
+Entry = tuple[
+    str, Sequence[RunMetric], TaskScores, TaskScores
+]  # task, metrics, baseline, candidate
+
+
 def compare_tables(
-    task: str,
-    metrics: Sequence[RunMetric],
-    baseline: TaskScores,
-    candidate: TaskScores,
-    *,
-    n_resamples: int,
-    seed: int,
+    entries: Sequence[Entry], *, n_resamples: int, seed: int
 ) -> list[MetricComparison]:
-    """Every metric of one task, from one shared set of bootstrap resamples."""
-    columns = sorted({c for m in metrics for c in m.columns})
-    index = {c: i for i, c in enumerate(columns)}
-    b = np.column_stack([baseline.column(c) for c in columns])
-    c = np.column_stack([candidate.column(c) for c in columns])
-    width = len(columns)
+    """Every metric of the given tasks (all with the same number of examples), from one set of
+    bootstrap resamples and one set of permutations shared by all of them."""
+    keys = sorted(
+        {(task, col) for task, metrics, _, _ in entries for m in metrics for col in m.columns}
+    )
+    index = {key: i for i, key in enumerate(keys)}
+    tables = {task: (b, c) for task, _, b, c in entries}
+    b = np.column_stack([tables[task][0].column(col) for task, col in keys])
+    c = np.column_stack([tables[task][1].column(col) for task, col in keys])
+    width = len(keys)
     sums = bootstrap_sums(np.hstack([b, c]), n_resamples=n_resamples, seed=seed)
     size = sums[:, -1:]
     z = scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)
+    permuted = sorted(
+        {(task, m.test_column) for task, ms, _, _ in entries for m in ms if m.test == "permutation"}
+    )
+    diffs = np.column_stack([c[:, index[k]] - b[:, index[k]] for k in permuted] or [b[:, :0]])
+    p_values = dict(zip(permuted, permutation_p_values(diffs, n_resamples=n_resamples, seed=seed)))
     out = []
-    for metric in metrics:
-        idx = [index[col] for col in metric.columns]
-        dist_b = metric.aggregate(np.hstack([sums[:, idx], size]))
-        dist_c = metric.aggregate(np.hstack([sums[:, [width + i for i in idx]], size]))
-        value_b = metric.value(b[:, idx])
-        value_c = metric.value(c[:, idx])
-        observed = value_c - value_b
-        dist = dist_c - dist_b
-        low, high = percentile_interval(dist)
-        if metric.test == "mcnemar":
-            col = index[metric.test_column]
-            p = mcnemar_p_value(b[:, col] > 0.5, c[:, col] > 0.5)
-        elif metric.test == "permutation":
-            col = index[metric.test_column]
-            p = permutation_p_value(c[:, col] - b[:, col], n_resamples=n_resamples, seed=seed)
-        else:
-            p = _sacrebleu_p_value(dist_b, dist_c, observed)
-        out.append(
-            MetricComparison(
-                task,
-                metric.name,
-                value_b,
-                value_c,
-                observed,
-                low,
-                high,
-                p,
-                metric.test,
-                len(b),
-                metric.higher_is_better,
-                float(z * np.std(dist, ddof=1)) if len(dist) > 1 else math.inf,
+    for task, metrics, _, _ in entries:
+        for metric in metrics:
+            idx = [index[(task, col)] for col in metric.columns]
+            dist_b = metric.aggregate(np.hstack([sums[:, idx], size]))
+            dist_c = metric.aggregate(np.hstack([sums[:, [width + i for i in idx]], size]))
+            value_b, value_c = metric.value(b[:, idx]), metric.value(c[:, idx])
+            observed = value_c - value_b
+            dist = dist_c - dist_b
+            low, high = percentile_interval(dist)
+            if metric.test == "mcnemar":
+                col = index[(task, metric.test_column)]
+                p = mcnemar_p_value(b[:, col] > 0.5, c[:, col] > 0.5)
+            elif metric.test == "permutation":
+                p = float(p_values[(task, metric.test_column)])
+            else:
+                p = _sacrebleu_p_value(dist_b, dist_c, observed)
+            out.append(
+                MetricComparison(
+                    task,
+                    metric.name,
+                    value_b,
+                    value_c,
+                    observed,
+                    low,
+                    high,
+                    p,
+                    metric.test,
+                    len(b),
+                    metric.higher_is_better,
+                    float(z * np.std(dist, ddof=1)) if len(dist) > 1 else math.inf,
+                )
             )
-        )
     return out
+
+
+def _compare_by_size(entries: list[Entry], n_resamples: int, seed: int) -> list[MetricComparison]:
+    """Tasks with as many examples share their resamples; results in the order of entries."""
+    sizes: dict[int, list[Entry]] = {}
+    for entry in entries:
+        sizes.setdefault(len(entry[2].example_ids), []).append(entry)
+    found = {}
+    for group in sizes.values():
+        for m in compare_tables(group, n_resamples=n_resamples, seed=seed):
+            found.setdefault(m.task, []).append(m)
+    return [m for task, *_ in entries for m in found[task]]
 
 
 def _paired(task: str, b: TaskScores, c: TaskScores) -> None:
@@ -250,27 +271,25 @@ def compare_runs(
     if n_resamples < 1000:
         raise EvalkitError("at least 1,000 bootstrap resamples are needed for a 95% interval")
     scores_b, scores_c = load_scores(con, baseline["run_id"]), load_scores(con, candidate["run_id"])
-    metrics, breakdown = [], {f: {} for f in by}
     suite_tasks = {task_name(spec): spec for spec in baseline["suite"].get("tasks", [])}
+    entries: list[Entry] = []
     for task, b in scores_b.items():
         c = scores_c[task]
         _paired(task, b, c)
-        task_metrics = metrics_of(suite_tasks[task], set(b.columns))
-        metrics += compare_tables(task, task_metrics, b, c, n_resamples=n_resamples, seed=seed)
-        for name in by:
-            values = [str(m.get(name)) for m in b.metadata]
+        entries.append((task, metrics_of(suite_tasks[task], set(b.columns)), b, c))
+    metrics = _compare_by_size(entries, n_resamples, seed)
+    breakdown: dict[str, dict[str, list[MetricComparison]]] = {f: {} for f in by}
+    for name in by:
+        slices: dict[str, list[Entry]] = {}
+        for task, task_metrics, b, c in entries:
+            values = np.array([str(m.get(name)) for m in b.metadata])
             for value in sorted(set(values)):
-                rows = np.flatnonzero(np.array(values) == value)
-                breakdown[name].setdefault(value, []).extend(
-                    compare_tables(
-                        task,
-                        task_metrics,
-                        b.subset(rows),
-                        c.subset(rows),
-                        n_resamples=n_resamples,
-                        seed=seed,
-                    )
+                rows = np.flatnonzero(values == value)
+                slices.setdefault(value, []).append(
+                    (task, task_metrics, b.subset(rows), c.subset(rows))
                 )
+        for value, sliced in slices.items():
+            breakdown[name][value] = _compare_by_size(sliced, n_resamples, seed)
     return Comparison(
         baseline, candidate, metrics, breakdown, n_resamples, seed, (scores_b, scores_c)
     )

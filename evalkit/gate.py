@@ -295,8 +295,10 @@ def worst_examples(
     idx = [b.columns.index(col) for col in metric.columns]
 
     def per_example(table: np.ndarray) -> np.ndarray:
-        sums = np.hstack([table[:, idx], np.ones((len(table), 1))])
-        return metric.aggregate(sums)
+        if metric.example_columns:
+            cols = [table[:, b.columns.index(col)] for col in metric.example_columns]
+            return cols[0] - cols[1] if len(cols) == 2 else cols[0]
+        return metric.aggregate(np.hstack([table[:, idx], np.ones((len(table), 1))]))
 
     change = sign * (per_example(c.table) - per_example(b.table))
     order = [int(i) for i in np.argsort(-change, kind="stable")[:WORST] if change[i] > 0]

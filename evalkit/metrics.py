@@ -138,6 +138,8 @@ class RunMetric:
     higher_is_better: bool | None  # None: neither direction is better (length)
     test: str
     test_column: str | None = None
+    # per-example value for ranking examples: that column, or the first minus the second
+    example_columns: tuple[str, ...] = ()
 
     def value(self, table: np.ndarray) -> float:
         """The metric over per-example rows ``(n, len(columns))``."""
@@ -188,10 +190,21 @@ def reference_metrics(name: str, width: int) -> list[RunMetric]:
     """A corpus metric, the same against deranged references, and the margin between them."""
     own, wrong = stats_columns(name, width), stats_columns(name, width, control=True)
     better = name not in LOWER_IS_BETTER
+    sentence, control = f"{name}_sentence", f"{name}_control_sentence"
     return [
-        RunMetric(name, own, _corpus(name, width), better, "bootstrap"),
-        RunMetric(f"{name}_control", wrong, _corpus(name, width), better, "bootstrap"),
-        RunMetric(f"{name}_margin", own + wrong, _corpus(name, width, True), better, "bootstrap"),
+        RunMetric(name, own, _corpus(name, width), better, "bootstrap", None, (sentence,)),
+        RunMetric(
+            f"{name}_control", wrong, _corpus(name, width), better, "bootstrap", None, (control,)
+        ),
+        RunMetric(
+            f"{name}_margin",
+            own + wrong,
+            _corpus(name, width, True),
+            better,
+            "bootstrap",
+            None,
+            (sentence, control),
+        ),
     ]
 
 

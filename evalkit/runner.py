@@ -22,6 +22,7 @@ from evalkit.errors import EvalkitError
 from evalkit.metrics import (
     REFERENCE_METRICS,
     RunMetric,
+    corpus_from_stats,
     degeneration,
     derangement,
     exact_match,
@@ -170,21 +171,9 @@ def run_generation(model, tokenizer, task, examples, batch_size, cache, seed):
     config = decoding_config(task.params)
     outputs = generate(model, tokenizer, list(prompts), config, batch_size=batch_size, cache=cache)
     hyps = [o.text for o in outputs]
-    scores = [degeneration(o.text, o.finish_reason) for o in outputs]
-    for s, h in zip(scores, hyps):
-        s["length"] = float(len(h.split()))
-    if needs_refs:
-        refs = list(references)
-        wrong = [refs[j] for j in derangement(len(refs), seed)]
-        for name in (m for m in wanted if m in REFERENCE_METRICS):
-            for control, against in ((False, refs), (True, wrong)):
-                stats = sentence_stats(name, hyps, against)
-                columns = stats_columns(name, stats.shape[1], control)
-                for s, row in zip(scores, stats):
-                    s.update(zip(columns, row.tolist()))
-        if "exact_match" in wanted:
-            for s, h, r in zip(scores, hyps, refs):
-                s["exact_match"] = exact_match(h, r)
+    scores = score_generations(
+        hyps, [o.finish_reason for o in outputs], list(references), wanted, seed
+    )
     return [
         ExampleResult(
             task.name,
@@ -197,6 +186,37 @@ def run_generation(model, tokenizer, task, examples, batch_size, cache, seed):
         )
         for e, p, r, h, s in zip(examples, prompts, references, hyps, scores)
     ]
+
+
+def score_generations(
+    hypotheses: list[str],
+    finish_reasons: list[str],
+    references: list[str | None],
+    metrics: list[str],
+    seed: int,
+) -> list[dict[str, float]]:
+    """Per-response scores: degeneration flags and length, and for each reference metric
+    sacrebleu's sufficient statistics and sentence score, against the own reference and
+    against a seeded derangement of the references (the content control)."""
+    scores = [
+        degeneration(h, f) | {"length": float(len(h.split()))}
+        for h, f in zip(hypotheses, finish_reasons)
+    ]
+    if not any(m != "length" for m in metrics):
+        return scores
+    wrong = [references[j] for j in derangement(len(references), seed)]
+    for name in (m for m in metrics if m in REFERENCE_METRICS):
+        for control, against in ((False, references), (True, wrong)):
+            stats = sentence_stats(name, hypotheses, against)
+            columns = stats_columns(name, stats.shape[1], control)
+            sentence = f"{name}_control_sentence" if control else f"{name}_sentence"
+            for s, row, value in zip(scores, stats, corpus_from_stats(name, stats)):
+                s.update(zip(columns, row.tolist()))
+                s[sentence] = float(value)
+    if "exact_match" in metrics:
+        for s, h, r in zip(scores, hypotheses, references):
+            s["exact_match"] = exact_match(h, r)
+    return scores
 
 
 def _require_template(tokenizer) -> None:

@@ -81,14 +81,8 @@ def test_paired_bootstrap_equals_sacrebleu_paired_bs():
     assert corpus_from_stats("bleu", sums[:, :-1]).mean() == pytest.approx(expected.mean)
     metric = reference_metrics("bleu", width)[0]
     ids = [str(i) for i in range(len(REFS))]
-    (comparison,) = compare_tables(
-        "t",
-        [metric],
-        TaskScores(ids, columns, stats_b),
-        TaskScores(ids, columns, stats_c),
-        n_resamples=1000,
-        seed=12345,
-    )
+    entry = ("t", [metric], TaskScores(ids, columns, stats_b), TaskScores(ids, columns, stats_c))
+    (comparison,) = compare_tables([entry], n_resamples=1000, seed=12345)
     assert comparison.candidate == pytest.approx(expected.score)
     assert comparison.p_value == pytest.approx(expected.p_value)
 
@@ -98,9 +92,8 @@ def test_identical_systems_are_not_different():
     width = stats.shape[1]
     ids = [str(i) for i in range(len(REFS))]
     scores = TaskScores(ids, list(stats_columns("chrf", width)), stats)
-    (comparison,) = compare_tables(
-        "t", reference_metrics("chrf", width)[:1], scores, scores, n_resamples=1000, seed=0
-    )
+    entry = ("t", reference_metrics("chrf", width)[:1], scores, scores)
+    (comparison,) = compare_tables([entry], n_resamples=1000, seed=0)
     assert comparison.difference == 0 and comparison.p_value == 1.0
     assert not comparison.significant
 
