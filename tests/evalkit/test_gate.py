@@ -292,3 +292,17 @@ def _baseline_contamination(workspace, tmp_path):
     _cli(workspace, "gate", "--baseline", "lineage-tuned", "--candidate", "lineage-base",
          "--spec", tmp_path / "gate.toml", "--out", out)  # fmt: skip
     return _report(out)["contamination"]
+
+
+def test_the_shipped_examples_load():
+    from pathlib import Path
+
+    from evalkit.gate import load_spec
+    from evalkit.suite import load_examples, load_suite
+
+    root = Path(__file__).parents[2] / "fixtures"
+    for path in sorted((root / "suites").glob("*.toml")):
+        suite = load_suite(path)
+        assert all(load_examples(d) for d in suite.datasets.values())
+    for path in sorted((root / "gates").glob("*.toml")):
+        assert load_spec(path).rules
