@@ -1,18 +1,27 @@
 """Perplexity: per-example negative log-likelihoods, then aggregates.
 
 Per example we keep the summed negative log-likelihood (natural log) and the number of scored
-tokens, so two runs can be compared example by example. The aggregates follow
-lm-evaluation-harness's ``loglikelihood_rolling`` tasks (e.g. wikitext):
+tokens, so two runs can be compared example by example. The definition is lm-evaluation-harness's
+``loglikelihood_rolling`` (its ``hf`` model, e.g. the wikitext task), checked against lm-eval
+0.4.13 itself in ``tests/evalkit/test_perplexity_lm_eval.py``:
+
+- a text is encoded as lm-eval encodes it: ``tokenizer(text)`` with the tokenizer's default
+  special tokens (so a tokenizer that adds a BOS gets it, and it is scored), except that a text
+  already starting with the prefix token's string is encoded without them;
+- the first token is predicted from a prefix token (the tokenizer's BOS, else EOS), so every
+  token of the encoded text is scored;
+- a text longer than the context goes through windows of at most ``max_length`` input tokens.
+  lm-eval's first window reads the prefix and ``max_length - 1`` tokens and scores ``max_length``
+  tokens (the last one is predicted, never read); each next window scores up to ``max_length``
+  new tokens, with the one token before them as context. That is ``stride = max_length`` here;
+  a smaller stride gives each window ``max_length - stride + 1`` tokens of context.
+
+Aggregates, as lm-eval's:
 
 - token perplexity ``= exp(sum NLL / sum tokens)``;
 - word perplexity ``= exp(sum NLL / sum words)``, words counted as ``len(re.split(r"\\s+", text))``;
 - byte perplexity ``= exp(sum NLL / sum bytes)``, bytes of the UTF-8 text;
 - bits per byte ``= sum NLL / sum bytes / ln 2``.
-
-Like lm-eval, the first token is predicted from a prefix token (the tokenizer's BOS, else EOS), so
-every token of the text is scored. A text longer than the context goes through a sliding window:
-each window scores ``stride`` new tokens with the rest of the window as context; the default,
-``max_length - 1``, gives lm-eval's disjoint windows.
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+
+DEFAULT_CONTEXT = 2048  # lm-eval's fallback when neither the config nor the tokenizer says
 
 
 @dataclass(frozen=True)
@@ -53,18 +65,19 @@ def rolling_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[i
     """Windows over ``n_tokens`` positions (prefix included) as ``(begin, end, first_scored)``.
 
     Position ``i`` is predicted from positions ``< i``; each of 1..n-1 is scored exactly once.
-    A window holds at most ``max_length`` positions; after the first, each scores ``stride`` new
-    ones. ``stride = max_length - 1`` gives lm-eval's disjoint windows with one token of context.
+    The model reads positions ``begin .. end - 2`` (at most ``max_length`` of them) and scores
+    ``first .. end - 1``; after the first window, each scores up to ``stride`` new positions.
+    ``stride = max_length`` gives lm-eval's disjoint windows with one token of context.
     """
-    if not 0 < stride < max_length:
-        raise ValueError(f"stride must be in 1..{max_length - 1}, got {stride}")
+    if not 0 < stride <= max_length:
+        raise ValueError(f"stride must be in 1..{max_length}, got {stride}")
     if n_tokens < 2:
         return []
-    end = min(max_length, n_tokens)
+    end = min(max_length + 1, n_tokens)
     windows = [(0, end, 1)]
     while end < n_tokens:
         new_end = min(end + stride, n_tokens)
-        windows.append((max(0, new_end - max_length), new_end, end))
+        windows.append((max(0, new_end - max_length - 1), new_end, end))
         end = new_end
     return windows
 
@@ -77,46 +90,186 @@ def sequence_nll(
     stride: int | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    target_masks: Sequence[Sequence[bool]] | None = None,
+    autocast_dtype=None,
 ) -> list[tuple[float, int]]:
-    """Summed NLL and scored-token count for each token sequence (its prefix token included)."""
+    """Summed NLL and scored-token count for each token sequence (its prefix token included).
+
+    ``target_masks`` (one boolean per position of each sequence) limits the scoring to the
+    positions marked True, e.g. the assistant's tokens of a conversation; position 0 is the
+    prefix and never scored. Windows are the same with or without masks, so a masked NLL is the
+    sum of the unmasked per-token NLLs at the marked positions.
+
+    A batch holds at most ``batch_size`` full windows' worth of tokens (``batch_size *
+    max_length``), so short texts share larger batches in the same memory. Runs on the model's
+    device; ``autocast_dtype`` (e.g. ``torch.bfloat16`` on CUDA) runs the model under autocast,
+    the log-probabilities are always taken in float32. On the CPU, batches go to one worker
+    thread per core, each running its ops on one core (see :func:`_cpu_workers`).
+    """
     import torch
     from tqdm.auto import tqdm
 
-    stride = stride or max_length - 1
-    device = next(model.parameters()).device
-    # One row per window: (sequence index, tokens, index within the window of the first target).
-    rows = []
-    for index, seq in enumerate(sequences):
-        for begin, end, first in rolling_windows(len(seq), max_length, stride):
-            rows.append((index, list(seq[begin:end]), first - begin))
-    rows.sort(key=lambda r: len(r[1]))
-    totals = [[0.0, 0] for _ in sequences]
-    batches = range(0, len(rows), batch_size)
-    with torch.inference_mode():
-        for start in tqdm(batches, desc="perplexity", disable=not progress or None):
-            batch = rows[start : start + batch_size]
-            width = max(len(r[1]) for r in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            target_mask = torch.zeros(len(batch), width, dtype=torch.bool)
-            attention = torch.zeros(len(batch), width, dtype=torch.long)
-            for i, (_, tokens, first) in enumerate(batch):
-                ids[i, : len(tokens)] = torch.tensor(tokens)
-                attention[i, : len(tokens)] = 1
-                target_mask[i, first : len(tokens)] = True
-            ids, attention, target_mask = (
-                ids.to(device),
-                attention.to(device),
-                target_mask.to(device),
+    stride = stride or max_length
+    if target_masks is not None:
+        if len(target_masks) != len(sequences):
+            raise ValueError(
+                f"{len(target_masks)} target masks for {len(sequences)} sequences: one each"
             )
-            logits = model(input_ids=ids, attention_mask=attention).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            token_lp = logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1)
-            mask = target_mask[:, 1:]
-            nll = -(token_lp * mask).sum(dim=1)
-            for (index, _, _), value, count in zip(batch, nll.tolist(), mask.sum(1).tolist()):
-                totals[index][0] += value
-                totals[index][1] += count
-    return [(nll, int(count)) for nll, count in totals]
+        for i, (seq, mask) in enumerate(zip(sequences, target_masks)):
+            if len(mask) != len(seq):
+                raise ValueError(
+                    f"target mask {i} has {len(mask)} entries for a sequence of {len(seq)}"
+                )
+    arrays = [np.asarray(seq, dtype=np.int64) for seq in sequences]
+    masks = None if target_masks is None else [np.asarray(m, dtype=bool) for m in target_masks]
+    # One row per window: (sequence index, begin, end, first scored position).
+    rows = []
+    for index, seq in enumerate(arrays):
+        for begin, end, first in rolling_windows(len(seq), max_length, stride):
+            if masks is None or masks[index][first:end].any():
+                rows.append((index, begin, end, first))
+    # Longest first, as lm-eval (a batch that does not fit fails at once); similar lengths
+    # share a batch, so there is little padding.
+    rows.sort(key=lambda r: r[1] - r[2])
+    batches = _token_batches(rows, batch_size * max_length)
+    device = next(model.parameters()).device
+
+    def score(batch):
+        """(owners, summed NLL of each row, scored positions of each row) of one batch."""
+        width = batch[0][2] - batch[0][1] - 1  # the longest input of the batch
+        ids = np.zeros((len(batch), width), dtype=np.int64)
+        labels = np.full((len(batch), width), -100, dtype=np.int64)
+        owners = np.empty(len(batch), dtype=np.int64)
+        for i, (index, begin, end, first) in enumerate(batch):
+            seq = arrays[index]
+            ids[i, : end - 1 - begin] = seq[begin : end - 1]
+            # The logit at input column j predicts position begin + j + 1.
+            target = seq[first:end]
+            if masks is not None:
+                target = np.where(masks[index][first:end], target, -100)
+            labels[i, first - begin - 1 : end - begin - 1] = target
+            owners[i] = index
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device.type,
+                dtype=autocast_dtype or torch.float32,
+                enabled=autocast_dtype is not None,
+            ),
+        ):
+            ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
+            labels_t = torch.from_numpy(labels).to(device, non_blocking=True)
+            # Right padding needs no attention mask in a causal model: no real position sees it.
+            logits = model(input_ids=ids_t).logits
+            nll = torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), labels_t.flatten(), reduction="none"
+            )
+            row_nll = nll.view(len(batch), width).sum(dim=1, dtype=torch.float64)
+        return owners, row_nll, (labels != -100).sum(axis=1)
+
+    bar = tqdm(total=len(batches), desc="perplexity", disable=not progress or None)
+    with bar, _fast_activations(model):
+        if device.type == "cpu":
+            with _cpu_workers() as pool:
+                results = [bar.update() or r for r in pool.map(score, batches)]
+        else:
+            results = [bar.update() or score(batch) for batch in batches]
+    totals = np.zeros(len(arrays), dtype=np.float64)
+    counts = np.zeros(len(arrays), dtype=np.int64)
+    for owners, row_nll, scored in results:  # in batch order: the same sums every run
+        np.add.at(totals, owners, row_nll.cpu().numpy())
+        np.add.at(counts, owners, scored)
+    return [(float(nll), int(count)) for nll, count in zip(totals, counts)]
+
+
+def _token_batches(rows: list, budget: int) -> list[list]:
+    """Consecutive rows (longest first) in batches of at most ``budget`` padded tokens."""
+    batches, start = [], 0
+    while start < len(rows):
+        width = rows[start][2] - rows[start][1] - 1
+        size = max(1, budget // max(width, 1))
+        batches.append(rows[start : start + size])
+        start += size
+    return batches
+
+
+@contextmanager
+def _cpu_workers():
+    """A pool of one worker thread per core, torch running each op on one core meanwhile.
+
+    With a small model, ops are too short for torch's intra-op threads: they spend their time
+    waiting for each other, and on a busy machine (CI runners, shared VMs) every op waits for
+    all of them to be scheduled at once, which made scoring 15x slower on a loaded 2-core VM.
+    Whole batches on separate threads (torch releases the GIL inside ops) keep every core busy
+    and need no such rendezvous. The thread setting is process-wide: restored on exit.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    threads = torch.get_num_threads()
+    workers = min(threads, 8)
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="evalkit-perplexity") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def _fast_activations(model):
+    """Swap transformers' ``NewGELUActivation`` (GPT-2's tanh GELU, five separate ops) for the
+    same function in one fused op, for the duration; the outputs differ by ~1e-7."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    swapped = []
+    for module in model.modules():
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+                swapped.append((module, name, child))
+    try:
+        yield
+    finally:
+        for module, name, child in swapped:
+            setattr(module, name, child)
+
+
+def context_length(model, tokenizer=None) -> int:
+    """The model's context in tokens, found as lm-eval finds it (config, tokenizer, 2048)."""
+    config = getattr(model.config, "text_config", None) or model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attr, None)
+        if value is not None:
+            return int(value)
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if model_max is not None and model_max < 10**29:  # transformers' "no limit" is 1e30
+        return int(model_max)
+    return DEFAULT_CONTEXT
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Each text as lm-eval's ``loglikelihood_rolling`` sees it: the prefix token, then its ids.
+
+    The tokenizer's own special tokens are added (a BOS it adds is scored), except for a text
+    that already starts with the prefix token's string.
+    """
+    prefix = (
+        tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    )
+    if prefix is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to use as the prefix")
+    prefix_text = tokenizer.decode(prefix)
+    sequences: list[list[int]] = [[] for _ in texts]
+    for special in (True, False):
+        picked = [i for i, t in enumerate(texts) if t.startswith(prefix_text) != special]
+        if not picked:
+            continue
+        encoded = tokenizer([texts[i] for i in picked], add_special_tokens=special)["input_ids"]
+        for i, ids in zip(picked, encoded):
+            sequences[i] = [prefix, *ids]
+    return sequences
 
 
 def text_nll(
@@ -128,22 +281,55 @@ def text_nll(
     stride: int | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    autocast_dtype=None,
 ) -> list[ExampleNLL]:
     """Per-text NLL, token, word and byte counts, ready for the aggregates above."""
-    prefix = (
-        tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    )
-    max_length = max_length or model.config.max_position_embeddings
-    sequences = [[prefix, *tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
     scores = sequence_nll(
         model,
-        sequences,
-        max_length=max_length,
+        encode_texts(tokenizer, texts),
+        max_length=max_length or context_length(model, tokenizer),
         stride=stride,
         batch_size=batch_size,
         progress=progress,
+        autocast_dtype=autocast_dtype,
     )
     return [
         ExampleNLL(nll, count, len(re.split(r"\s+", text)), len(text.encode("utf-8")))
         for text, (nll, count) in zip(texts, scores)
     ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m evalkit.perplexity MODEL_DIR TEXTS.jsonl``: the aggregates, as one JSON line."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m evalkit.perplexity", description=main.__doc__)
+    parser.add_argument("model", help="model directory (Hugging Face format)")
+    parser.add_argument("texts", help="JSONL file, one object a line")
+    parser.add_argument("--field", default="text", help="the key holding each text")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", help="cpu, cuda, ... (default: CUDA when present)")
+    args = parser.parse_args(argv)
+
+    from evalkit.models import load_model
+
+    with open(args.texts, encoding="utf-8") as f:
+        texts = [json.loads(line)[args.field] for line in f if line.strip()]
+    model, tokenizer = load_model(args.model, device=args.device, require_chat_template=False)
+    scores = text_nll(model, tokenizer, texts, batch_size=args.batch_size)
+    nll = [s.nll for s in scores]
+    nbytes = [s.bytes for s in scores]
+    result = {
+        "texts": len(texts),
+        "tokens": sum(s.tokens for s in scores),
+        "token_perplexity": token_perplexity(nll, [s.tokens for s in scores]),
+        "word_perplexity": word_perplexity(nll, [s.words for s in scores]),
+        "byte_perplexity": byte_perplexity(nll, nbytes),
+        "bits_per_byte": bits_per_byte(nll, nbytes),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,5 @@
 import math
+import random
 
 import pytest
 import torch
@@ -9,27 +10,39 @@ from evalkit.models import load_model
 from evalkit.perplexity import (
     bits_per_byte,
     byte_perplexity,
+    context_length,
+    encode_texts,
     rolling_windows,
+    sequence_nll,
     text_nll,
     token_perplexity,
     word_perplexity,
 )
 
 
-@given(st.integers(0, 400), st.integers(2, 64), st.data())
+@given(st.integers(0, 400), st.integers(1, 64), st.data())
 def test_windows_score_every_position_once_within_the_context(n, max_length, data):
-    stride = data.draw(st.integers(1, max_length - 1))
+    stride = data.draw(st.integers(1, max_length))
     scored = []
     for begin, end, first in rolling_windows(n, max_length, stride):
-        assert end - begin <= max_length
-        assert begin < first <= end  # every scored position has a context position before it
+        assert end - 1 - begin <= max_length  # the model reads begin .. end - 2
+        assert begin < first < end  # every scored position has a context position before it
+        assert end - first <= stride or begin == 0
         scored.extend(range(first, end))
     assert scored == list(range(1, n))
 
 
-def test_stride_must_leave_context():
-    with pytest.raises(ValueError):
-        rolling_windows(10, 8, 8)
+def test_windows_are_lm_evals_disjoint_windows():
+    """lm-eval: the first window scores max_length tokens, each next one up to max_length."""
+    # 10 positions = the prefix and 9 tokens; context 4.
+    assert rolling_windows(10, 4, 4) == [(0, 5, 1), (4, 9, 5), (5, 10, 9)]
+    assert rolling_windows(5, 4, 4) == [(0, 5, 1)]
+
+
+def test_stride_must_be_within_the_context():
+    for stride in (0, 9):
+        with pytest.raises(ValueError):
+            rolling_windows(10, 8, stride)
 
 
 def _reference_nll(model, ids):
@@ -71,3 +84,81 @@ def test_aggregates_follow_the_lm_eval_definitions():
     assert word_perplexity(nll, words) == pytest.approx(math.exp(6 / 3))
     assert byte_perplexity(nll, nbytes) == pytest.approx(math.exp(6 / 20))
     assert bits_per_byte(nll, nbytes) == pytest.approx(6 / 20 / math.log(2))
+
+
+TEXTS = [
+    "hello there, how are you?",
+    "I like dogs.\nDo you?",
+    "ok",
+    "what do you do for fun? i like to go hiking with my dog on weekends, and you? " * 6,
+    "",
+    "so tell me about your week, anything fun happen? " * 3,
+]
+
+
+def test_encoding_puts_the_prefix_first_and_keeps_a_leading_prefix_string(micro_model):
+    _, tokenizer = load_model(micro_model, device="cpu")
+    bos = tokenizer.bos_token_id
+    plain, leading, empty = encode_texts(tokenizer, ["hi there", "<|endoftext|>hi there", ""])
+    assert plain == [bos, *tokenizer("hi there", add_special_tokens=False)["input_ids"]]
+    assert leading == [bos, *plain]  # the text's own BOS is a token to score, as in lm-eval
+    assert empty == [bos]
+
+
+def test_batch_size_and_padding_do_not_change_the_result(micro_model):
+    model, tokenizer = load_model(micro_model, device="cpu")
+    one = text_nll(model, tokenizer, TEXTS, batch_size=1)
+    many = text_nll(model, tokenizer, TEXTS, batch_size=4)
+    assert [s.tokens for s in one] == [s.tokens for s in many]
+    assert [s.nll for s in many] == pytest.approx([s.nll for s in one], rel=1e-5, abs=1e-6)
+    assert one[4].nll == 0 and one[4].tokens == 0  # nothing to score in an empty text
+    assert context_length(model, tokenizer) == 64
+
+
+def _per_token_nll(model, seq, max_length, stride):
+    """-log p of each position given its window, one window per forward pass, no padding."""
+    nll = {}
+    with torch.inference_mode():
+        for begin, end, first in rolling_windows(len(seq), max_length, stride):
+            logits = model(input_ids=torch.tensor([seq[begin : end - 1]])).logits[0]
+            logprobs = torch.log_softmax(logits.double(), dim=-1)
+            for p in range(first, end):
+                nll[p] = -logprobs[p - begin - 1, seq[p]].item()
+    return nll
+
+
+@pytest.mark.parametrize("stride", [None, 16])
+def test_target_masks_score_only_the_marked_positions(micro_model, stride):
+    model, tokenizer = load_model(micro_model, device="cpu")
+    sequences = encode_texts(tokenizer, TEXTS)
+    assert max(map(len, sequences)) > 2 * 64  # some go through several windows
+    rng = random.Random(0)
+    masks = [[rng.random() < 0.4 for _ in seq] for seq in sequences]
+    masks[0] = [True] * len(sequences[0])  # all: the unmasked result, the prefix still unscored
+    masks[1] = [False] * len(sequences[1])  # none
+    scores = sequence_nll(
+        model, sequences, max_length=64, stride=stride, batch_size=3, target_masks=masks
+    )
+    for seq, mask, (nll, count) in zip(sequences, masks, scores):
+        per_token = _per_token_nll(model, seq, 64, stride or 64)
+        marked = [p for p in range(1, len(seq)) if mask[p]]
+        assert count == len(marked)
+        assert nll == pytest.approx(sum(per_token[p] for p in marked), rel=1e-5, abs=1e-5)
+    assert scores[0] == pytest.approx(sequence_nll(model, sequences[:1], max_length=64)[0])
+    assert scores[1] == (0.0, 0)
+
+
+def test_target_masks_must_match_the_sequences(micro_model):
+    model, _ = load_model(micro_model, device="cpu")
+    with pytest.raises(ValueError, match="entries"):
+        sequence_nll(model, [[0, 5, 6]], max_length=64, target_masks=[[True, True]])
+    with pytest.raises(ValueError, match="one each"):
+        sequence_nll(model, [[0, 5, 6]], max_length=64, target_masks=[])
+
+
+def test_bf16_autocast_stays_close(micro_model):
+    """The optional autocast (meant for CUDA) runs here too and changes little."""
+    model, tokenizer = load_model(micro_model, device="cpu")
+    exact = text_nll(model, tokenizer, TEXTS[:4])
+    fast = text_nll(model, tokenizer, TEXTS[:4], autocast_dtype=torch.bfloat16)
+    assert [s.nll for s in fast] == pytest.approx([s.nll for s in exact], rel=0.05)
