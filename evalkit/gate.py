@@ -17,7 +17,7 @@ A spec (TOML) holds rules::
 
     [[rules]]             # no bias score worse than the baseline's beyond its interval
     type = "bias"
-    task = "bias"
+    task = "bias"         # metric: stereo_preferred_shared; center = 0 for the *_diff scores
 
 A metric rule names one of ``max_increase``, ``max_drop``, ``max_relative_increase`` or
 ``max_relative_drop``. It fails when the candidate is worse than the threshold allows and the
@@ -122,7 +122,7 @@ def load_spec(path: str | Path) -> GateSpec:
         if kind == "bias":
             rules.append(
                 Rule(
-                    raw.pop("metric", "stereo_preferred_sum"),
+                    raw.pop("metric", "stereo_preferred_shared"),
                     "bias",
                     raw.pop("task", "bias"),
                     group_by=raw.pop("group_by", "category"),

@@ -167,7 +167,7 @@ def _corpus(name: str, width: int, control: bool = False):
     return aggregate
 
 
-def mean_metric(name: str, *, higher_is_better: bool, binary: bool = False) -> RunMetric:
+def mean_metric(name: str, *, higher_is_better: bool | None, binary: bool = False) -> RunMetric:
     test = "mcnemar" if binary else "permutation"
     return RunMetric(name, (name,), _mean, higher_is_better, test, name)
 

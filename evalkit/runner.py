@@ -27,6 +27,7 @@ from evalkit.metrics import (
     derangement,
     exact_match,
     generation_metrics,
+    mean_metric,
     perplexity_metrics,
     sentence_stats,
     signature,
@@ -219,6 +220,36 @@ def score_generations(
     return scores
 
 
+def run_bias(model, tokenizer, task: TaskSpec, batch_size: int, cache) -> list[ExampleResult]:
+    """Bias probes: minimal pairs by likelihood (``kind = "likelihood"``, the default), or
+    prompt pairs by generation (``kind = "generation"``, with the task's decoding parameters)."""
+    from evalkit.bias import generation_probe, likelihood_probe, load_probes
+
+    probes = load_probes(task.params["probes"])
+    kind = task.params.get("kind", "likelihood")
+    if kind == "likelihood":
+        if not probes.pairs:
+            raise EvalkitError(f"task {task.name}: {probes.name} holds no sentence pairs")
+        return likelihood_probe(
+            model, tokenizer, probes.pairs, batch_size=batch_size, task=task.name
+        )
+    if kind == "generation":
+        from evalkit.generation import generate
+
+        if not probes.prompts:
+            raise EvalkitError(f"task {task.name}: {probes.name} holds no prompt pairs")
+        config = decoding_config(task.params)
+
+        def respond(prompts: list[list[dict]]) -> list[str]:
+            outputs = generate(
+                model, tokenizer, prompts, config, batch_size=batch_size, cache=cache
+            )
+            return [o.text for o in outputs]
+
+        return generation_probe(respond, probes.prompts, task=task.name)
+    raise EvalkitError(f"task {task.name}: unknown kind {kind!r}", hint="likelihood or generation")
+
+
 def _require_template(tokenizer) -> None:
     if not tokenizer.chat_template:
         raise EvalkitError(
@@ -231,6 +262,12 @@ def metrics_of(task: dict, columns: set[str]) -> list[RunMetric]:
     """The run-level metrics of a task (as stored with the run) given its score columns."""
     if task["type"] == "perplexity":
         return perplexity_metrics()
+    if task["type"] == "bias":
+        return [
+            mean_metric(name, higher_is_better=None)
+            for name in sorted(columns)
+            if name.startswith(("stereo_preferred", "margin_")) or name.endswith("_diff")
+        ]
     if task["type"] == "generation":
         widths = {m: sum(c.startswith(f"{m}.") for c in columns) for m in REFERENCE_METRICS}
         names = [m for m in REFERENCE_METRICS if widths[m]]
@@ -245,6 +282,13 @@ def _summary(task: TaskSpec, results: list[ExampleResult]) -> dict:
     for metric in metrics_of({"type": task.type, **task.params}, columns):
         table = np.array([[r.scores[c] for c in metric.columns] for r in results])
         out[metric.name] = metric.value(table)
+    if task.type == "bias":
+        from evalkit.bias import bias_summary
+
+        primary = "stereo_preferred_shared" if "stereo_preferred_shared" in columns else None
+        primary = primary or next((c for c in sorted(columns) if c.endswith("_diff")), None)
+        if primary:
+            out["by_category"] = bias_summary(results, primary)
     if task.type == "generation":
         out["signatures"] = {m: signature(m) for m in REFERENCE_METRICS if f"{m}.0" in columns}
     return out
@@ -271,7 +315,7 @@ def run_suite(
     datasets = {t.dataset for t in suite.tasks if t.dataset}
     examples = {d: load_examples(suite.datasets[d]) for d in sorted(datasets)}
     needs_template = any(
-        t.type == "generation" or any(e.messages for e in examples.get(t.dataset, []))
+        t.type in ("generation", "bias") or any(e.messages for e in examples.get(t.dataset, []))
         for t in suite.tasks
     )
     model, tokenizer = load_model(model_path, device=device, require_chat_template=needs_template)
@@ -298,6 +342,8 @@ def run_suite(
             rows = examples.get(task.dataset, [])
             if task.type == "perplexity":
                 results = run_perplexity(model, tokenizer, task, rows, batch_size)
+            elif task.type == "bias":
+                results = run_bias(model, tokenizer, task, batch_size, cache)
             else:
                 results = run_generation(
                     model, tokenizer, task, rows, batch_size, cache, suite.seed

@@ -23,7 +23,9 @@ Example::
     no_repeat_ngram_size = 3
 
     [[tasks]]
-    type = "bias"                   # the project's probe set unless `probes` names a file
+    type = "bias"                   # likelihood of minimal pairs; the project's probe set
+    # probes = "crows_pairs.csv"    # or a CrowS-Pairs CSV / StereoSet JSON, relative to the suite
+    # kind = "generation"           # prompt pairs: length, refusal, sentiment, toxic terms
 
 The suite hash covers the definition and the bytes of every dataset, so two runs share a hash
 only when they measured the same thing.
@@ -78,9 +80,11 @@ class Suite:
 
     def hash(self) -> str:
         digest = hashlib.sha256(json.dumps(self.definition, sort_keys=True).encode())
-        for name in sorted(self.datasets):
-            digest.update(name.encode())
-            digest.update(hashlib.sha256(self.datasets[name].path.read_bytes()).digest())
+        files = [self.datasets[name].path for name in sorted(self.datasets)]
+        files += [Path(t.params["probes"]) for t in self.tasks if t.type == "bias"]
+        for file in files:
+            digest.update(file.name.encode())
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
         return digest.hexdigest()
 
 
@@ -127,6 +131,8 @@ def load_suite(path: str | Path) -> Suite:
             )
         name = task_name({"type": kind, "dataset": dataset, **spec})
         spec.pop("name", None)
+        if kind == "bias":
+            spec["probes"] = _probe_file(path, spec.get("probes"))
         tasks.append(TaskSpec(name, kind, dataset, spec))
     if not tasks:
         raise EvalkitError(f"suite {path} defines no [[tasks]]")
@@ -142,6 +148,21 @@ def load_suite(path: str | Path) -> Suite:
         int(definition.get("seed", 0)),
         definition,
     )
+
+
+def _probe_file(suite: Path, given: str | None) -> str:
+    """The probe file of a bias task: given relative to the suite, else the project's set."""
+    if given is None:
+        from evalkit.bias import PROBES
+
+        return str(PROBES)
+    found = (suite.parent / given).resolve()
+    if not found.is_file():
+        raise EvalkitError(
+            f"suite {suite}: bias probes {given} do not exist",
+            hint=f"paths are relative to the suite file ({suite.parent})",
+        )
+    return str(found)
 
 
 def load_examples(spec: DatasetSpec) -> list[Example]:

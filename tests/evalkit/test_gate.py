@@ -28,6 +28,8 @@ dataset = "conv"
 max_new_tokens = 10
 repetition_penalty = 1.3
 no_repeat_ngram_size = 3
+[[tasks]]
+type = "bias"
 """
 GATE = """
 n_resamples = 1000
@@ -41,6 +43,8 @@ max_drop = 1.0
 [[rules]]
 metric = "repetitive"
 max_increase = 0.1
+[[rules]]
+type = "bias"
 """
 
 
@@ -306,3 +310,42 @@ def test_the_shipped_examples_load():
         assert all(load_examples(d) for d in suite.datasets.values())
     for path in sorted((root / "gates").glob("*.toml")):
         assert load_spec(path).rules
+
+
+def _bias_run(con, name: str, shares: dict[str, float]) -> str:
+    from evalkit.runs import ExampleResult, add_results, create_run, finish_run
+
+    suite = {"tasks": [{"type": "bias"}]}
+    run_id = create_run(
+        con, name=name, suite_name="b", suite_hash="h", suite=suite, chat_template_fingerprint="t"
+    )
+    results = [
+        ExampleResult(
+            "bias",
+            f"{category}-{i}",
+            {"stereo_preferred_shared": float(i < share * 40)},
+            {"category": category},
+        )
+        for category, share in shares.items()
+        for i in range(40)
+    ]
+    add_results(con, run_id, results)
+    finish_run(con, run_id, summary={})
+    return run_id
+
+
+def test_bias_rule_fails_only_where_the_candidate_is_more_biased(tmp_path):
+    from evalkit.gate import load_spec, run_gate
+
+    (tmp_path / "gate.toml").write_text("[[rules]]\ntype = 'bias'\n")
+    spec = load_spec(tmp_path / "gate.toml")
+    with open_store(tmp_path / "s.duckdb") as con:
+        base = _bias_run(con, "base", {"gender": 0.5, "age": 0.55})
+        worse = _bias_run(con, "worse", {"gender": 0.9, "age": 0.55})
+        better = _bias_run(con, "better", {"gender": 0.5, "age": 0.5})
+        report = run_gate(con, base, worse, spec)
+        assert report.exit_code == 1
+        verdicts = {g["group"]: g["verdict"] for g in report.rules[0].groups}
+        assert verdicts == {"gender": "fail", "age": "pass"}
+        assert run_gate(con, base, better, spec).exit_code == 0
+        assert run_gate(con, base, base, spec).exit_code == 0
