@@ -30,6 +30,7 @@ bench: venv
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_rating.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=_cmd_sweep)
 
     _add_eval_parsers(commands)
+    _add_rate_parser(commands)
     demo = commands.add_parser(
         "demo",
         help="run the main job on the embedded default",
@@ -490,6 +491,246 @@ def _add_eval_parsers(commands) -> None:
     gate.add_argument("--spec", required=True, metavar="FILE", help="gate spec TOML")
     gate.add_argument("--out", metavar="DIR", help="report folder (default: WORKSPACE/reports/)")
     gate.set_defaults(func=_cmd_gate)
+
+
+def _rate_selection(args: argparse.Namespace):
+    from evalkit.rating_sources import Selection
+
+    return Selection(
+        kind=getattr(args, "kind", "single"),
+        slice_field=args.slice_field,
+        per_slice=args.per_slice,
+        seed=args.seed,
+        priority=args.priority,
+        overlap=args.overlap,
+    )
+
+
+def _cmd_rate_enqueue(args: argparse.Namespace) -> None:
+    from datetime import date
+
+    from evalkit.rating import add_items
+    from evalkit.rating_sources import items_from_comparison, items_from_events, items_from_run
+    from evalkit.store import open_store
+    from evalkit.workspace import open_workspace
+
+    selection = _rate_selection(args)
+    with open_store(_store(args)) as con:
+        if args.source == "run":
+            items = items_from_run(con, args.run, selection)
+        elif args.source == "compare":
+            items = items_from_comparison(con, args.baseline, args.candidate, selection)
+        else:
+            try:
+                since, until = (
+                    date.fromisoformat(d) if d else None for d in (args.since, args.until)
+                )
+            except ValueError as exc:
+                raise EvalkitError(f"--since/--until: {exc}", hint="dates are YYYY-MM-DD") from None
+            events = open_workspace(args.workspace).events_dir
+            items = items_from_events(
+                events, selection, select=args.select.replace("-", "_"), since=since, until=until
+            )
+        added = add_items(con, items, batch=args.batch)
+    print(f"queued {added} new items ({len(items) - added} already queued)")
+
+
+def _cmd_rate_annotator(args: argparse.Namespace) -> None:
+    from evalkit.rating import add_annotator
+    from evalkit.store import open_store
+
+    with open_store(_store(args)) as con:
+        for name in args.names:
+            print(f"{name}: {'added' if add_annotator(con, name) else 'already registered'}")
+
+
+def _rate_rating(text: str, option: str):
+    from evalkit.rubric import Rating
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EvalkitError(
+            f"{option}: not JSON ({exc})", hint='e.g. {"thumbs": "up"} or {"choice": "A"}'
+        ) from None
+    if not isinstance(data, dict):
+        raise EvalkitError(f"{option}: expected a JSON object", hint='e.g. {"thumbs": "up"}')
+    return Rating.from_dict(data)
+
+
+def _cmd_rate_gold(args: argparse.Namespace) -> None:
+    from evalkit.rating import set_gold
+    from evalkit.rubric import load_rubric
+    from evalkit.store import open_store
+
+    with open_store(_store(args)) as con:
+        set_gold(
+            con, args.item, _rate_rating(args.answer, "--answer"), rubric=load_rubric(args.rubric)
+        )
+    print(f"item {args.item} is now a hidden gold item")
+
+
+def _cmd_rate_status(args: argparse.Namespace) -> None:
+    from evalkit.rating_report import format_status
+    from evalkit.store import open_store
+
+    with open_store(_store(args)) as con:
+        print(format_status(con))
+
+
+def _cmd_rate_claim(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from evalkit.rating import QueueConfig, claim_next
+    from evalkit.store import open_store
+
+    config = QueueConfig(lease_ttl_s=args.lease_ttl, gold_every=args.gold_every, seed=args.seed)
+    with open_store(_store(args)) as con:
+        got = claim_next(con, args.annotator, config)
+    print(json.dumps(asdict(got) if got else None, default=str, ensure_ascii=False, indent=2))
+
+
+def _cmd_rate_submit(args: argparse.Namespace) -> None:
+    from evalkit.rating import submit
+    from evalkit.rubric import load_rubric
+    from evalkit.store import open_store
+
+    rating = _rate_rating(args.rating, "--rating")
+    with open_store(_store(args)) as con:
+        rating_id = submit(
+            con,
+            args.annotator,
+            args.item,
+            rating,
+            rubric=load_rubric(args.rubric),
+            shown_ms=args.shown_ms,
+        )
+    print(f"rating {rating_id} stored")
+
+
+def _cmd_rate_agreement(args: argparse.Namespace) -> None:
+    from evalkit.rating_report import agreement_report
+    from evalkit.rubric import load_rubric
+    from evalkit.store import open_store
+
+    with open_store(_store(args)) as con:
+        report = agreement_report(
+            con, load_rubric(args.rubric), n_resamples=args.resamples, seed=args.seed
+        )
+    if not report:
+        print("no ratings yet")
+    for label, result in report:
+        print(f"{label:<24}{result}")
+
+
+def _cmd_rate_ranking(args: argparse.Namespace) -> None:
+    from evalkit.rating_report import format_ranking, ranking_report
+    from evalkit.store import open_store
+
+    with open_store(_store(args)) as con:
+        ranking, comparisons = ranking_report(
+            con,
+            threshold=args.threshold,
+            power=args.power,
+            n_resamples=args.resamples,
+            seed=args.seed,
+        )
+    print(format_ranking(ranking, comparisons))
+
+
+def _cmd_rate_export(args: argparse.Namespace) -> None:
+    from evalkit.exports import export
+    from evalkit.store import open_store
+
+    with open_store(_store(args)) as con:
+        count = export(con, args.format, args.out, likert_threshold=args.likert_threshold)
+    print(f"wrote {count} {args.format} rows to {args.out}")
+
+
+def _add_rate_parser(commands) -> None:
+    rate = commands.add_parser(
+        "rate",
+        help="the human-rating queue: enqueue, status, agreement, ranking, export",
+        description="Queue model responses for annotators (from a run, a comparison of two "
+        "runs, or production events), follow the queue, measure agreement, rank models from "
+        "pairwise judgements and export SFT/DPO/KTO data. Items are claimed and rated in the "
+        "app; `claim` and `submit` do the same from scripts.",
+    )
+    sub = rate.add_subparsers(dest="rate_command", required=True, metavar="COMMAND")
+    enqueue = sub.add_parser("enqueue", help="queue items from a run, a comparison or events")
+    sources = enqueue.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    run = sources.add_parser("run", help="the generated responses of a run")
+    run.add_argument("run", help="run id, prefix or name")
+    compare = sources.add_parser(
+        "compare", help="A/B pairs: baseline and candidate on the same prompts (order randomized)"
+    )
+    compare.add_argument("baseline", help="baseline run")
+    compare.add_argument("candidate", help="candidate run")
+    events = sources.add_parser("events", help="production exchanges from WORKSPACE/events")
+    events.add_argument(
+        "--select", default="low-feedback", help="low-feedback (default), drift or random"
+    )
+    events.add_argument("--since", metavar="YYYY-MM-DD", help="first day read")
+    events.add_argument("--until", metavar="YYYY-MM-DD", help="last day read")
+    for p in (run, compare, events):
+        if p is not compare:
+            p.add_argument("--kind", default="single", help="single (default) or correction")
+        p.add_argument("--slice-field", metavar="FIELD", help="metadata field (or event column)")
+        p.add_argument("--per-slice", type=int, metavar="N", help="items per slice (default: all)")
+        p.add_argument("--seed", type=int, default=0, help="sampling and A/B order seed")
+        p.add_argument("--priority", type=int, default=0, help="higher is served first")
+        p.add_argument("--overlap", type=int, default=1, help="distinct annotators per item")
+        p.add_argument("--batch", help="a name for this batch of items")
+        p.set_defaults(func=_cmd_rate_enqueue)
+    annotator = sub.add_parser("annotator", help="register annotators")
+    annotator.add_argument("names", nargs="+", metavar="NAME")
+    annotator.set_defaults(func=_cmd_rate_annotator)
+    gold = sub.add_parser("gold", help="make an item a hidden gold item with a known answer")
+    gold.add_argument("item", help="item id")
+    gold.add_argument("--answer", required=True, metavar="JSON", help='e.g. {"choice": "A"}')
+    gold.set_defaults(func=_cmd_rate_gold)
+    status = sub.add_parser("status", help="the queue and each annotator's pace and gold accuracy")
+    status.set_defaults(func=_cmd_rate_status)
+    claim = sub.add_parser("claim", help="lease the next item to an annotator (prints JSON)")
+    claim.add_argument("annotator")
+    claim.add_argument("--lease-ttl", type=float, default=600.0, help="seconds (default 600)")
+    claim.add_argument("--gold-every", type=int, default=10, help="a gold item every N (0: none)")
+    claim.add_argument("--seed", type=int, default=0, help="order among equal items")
+    claim.set_defaults(func=_cmd_rate_claim)
+    submit = sub.add_parser("submit", help="store an annotator's rating of a leased item")
+    submit.add_argument("annotator")
+    submit.add_argument("item", help="item id")
+    submit.add_argument(
+        "--rating",
+        required=True,
+        metavar="JSON",
+        help='{"scores": {...}}, {"thumbs": "up"}, {"choice": "B"}, {"corrected": "..."} '
+        'or {"skip_reason": "..."}',
+    )
+    submit.add_argument("--shown-ms", type=int, help="how long the item was shown")
+    agreement = sub.add_parser(
+        "agreement", help="Krippendorff's alpha and Cohen's/Fleiss' kappa with bootstrap CIs"
+    )
+    ranking = sub.add_parser(
+        "ranking", help="Bradley-Terry strengths, win rates and judgements still needed"
+    )
+    ranking.add_argument("--threshold", type=float, default=0.5, help="win rate the gate needs")
+    ranking.add_argument("--power", type=float, default=0.8, help="power for the planner")
+    for p in (gold, submit, agreement):
+        p.add_argument("--rubric", metavar="FILE", help="rubric TOML (default: the shipped one)")
+    for p in (agreement, ranking):
+        p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+        p.add_argument("--seed", type=int, default=0)
+    submit.set_defaults(func=_cmd_rate_submit)
+    agreement.set_defaults(func=_cmd_rate_agreement)
+    ranking.set_defaults(func=_cmd_rate_ranking)
+    export = sub.add_parser("export", help="SFT, DPO or KTO JSONL (TRL's formats) from ratings")
+    export.add_argument("format", help="sft, dpo or kto")
+    export.add_argument("--out", required=True, metavar="FILE", help="JSONL file to write")
+    export.add_argument(
+        "--likert-threshold", type=float, default=4.0, help="kto: mean score counted as good"
+    )
+    export.set_defaults(func=_cmd_rate_export)
 
 
 def _configure_logging(verbosity: int) -> None:

@@ -1,0 +1,143 @@
+"""The rating queue under 16 concurrent annotators, and Bradley-Terry with 1,000 bootstraps.
+
+1. Queue: 16 annotator threads, each with its own connection to one DuckDB file on disk,
+   claim an item, "read" it for a random think time (exponential, mean ``--think-ms``), and
+   submit a rating. The figure is the latency of claim + submit (the two calls, without the
+   think time), against the target p99 <= 20 ms. ``--think-ms 0`` is the stress case: every
+   thread claims again at once, which measures throughput, not what an annotator waits.
+2. Ranking: Bradley-Terry over 50,000 comparisons among 10 models with 1,000 prompt
+   resamples, against the target of 10 s on 2 cores; the peer is choix's MM fit of the same
+   data, once (x 1,000 for a bootstrap done that way).
+
+    .venv/bin/python benchmarks/bench_rating.py [--think-ms 500] [--threads 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from evalkit.ranking import bradley_terry
+from evalkit.rating import Item, QueueConfig, add_annotator, add_items, claim_next, submit
+from evalkit.rubric import Rating, load_rubric
+from evalkit.store import connect
+
+QUEUE_TARGET_MS = 20.0
+RANKING_TARGET_S = 10.0
+
+
+def bench_queue(threads: int, per_thread: int, think_ms: float, seed: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "store.duckdb"
+        con = connect(path)
+        items = [
+            Item(
+                "single",
+                [{"role": "user", "content": f"question {n}"}],
+                f"answer {n}",
+                {"n": n},
+                priority=n % 3,
+                overlap=1 + n % 3,
+            )
+            for n in range(threads * per_thread)
+        ]
+        add_items(con, items)
+        names = [f"annotator-{k:02d}" for k in range(threads)]
+        for name in names:
+            add_annotator(con, name)
+        rubric, config = load_rubric(), QueueConfig(gold_every=0)
+        latencies: list[float] = []
+
+        def annotate(k: int) -> None:
+            own = connect(path)
+            rng = random.Random(seed + k)
+            for _ in range(per_thread):
+                started = time.perf_counter()
+                got = claim_next(own, names[k], config)
+                claimed = time.perf_counter()
+                if think_ms:
+                    time.sleep(rng.expovariate(1000 / think_ms))
+                resumed = time.perf_counter()
+                submit(own, names[k], got.item_id, Rating(thumbs="up"), rubric=rubric)
+                latencies.append((claimed - started) + (time.perf_counter() - resumed))
+            own.close()
+
+        workers = [threading.Thread(target=annotate, args=(k,)) for k in range(threads)]
+        started = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        elapsed = time.perf_counter() - started
+        con.close()
+    ms = np.array(latencies) * 1000
+    p50, p99 = np.percentile(ms, [50, 99])
+    print(
+        f"queue: {threads} threads x {per_thread} items, think {think_ms:.0f} ms: "
+        f"{len(ms) / elapsed:,.0f} items/s; claim+submit p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+        f"max {ms.max():.1f} ms; target p99 {QUEUE_TARGET_MS:.0f} ms -> "
+        f"{'met' if p99 <= QUEUE_TARGET_MS else 'missed'} ({QUEUE_TARGET_MS / p99:.2f}x)"
+    )
+
+
+def bench_ranking(n: int, models: int, resamples: int, seed: int) -> None:
+    import choix
+
+    rng = np.random.default_rng(seed)
+    strength = rng.normal(0, 1, models)
+    a = rng.integers(0, models, n)
+    b = (a + rng.integers(1, models, n)) % models
+    p = 1 / (1 + np.exp(strength[b] - strength[a]))
+    u = rng.random(n)
+    outcome = np.where(u < 0.9 * p, 1.0, np.where(u > 1 - 0.9 * (1 - p), 0.0, 0.5))
+    names = [f"model-{k}" for k in range(models)]
+    first, second = [names[k] for k in a], [names[k] for k in b]
+    prompts = rng.integers(0, n // 5, n)  # about 5 judgements per prompt
+    started = time.perf_counter()
+    ranking = bradley_terry(first, second, outcome, prompts, n_resamples=resamples, seed=seed)
+    ours = time.perf_counter() - started
+    data = []
+    for x, y, o in zip(a, b, outcome):  # ties as one win each way, wins doubled
+        data += {1.0: [(x, y)] * 2, 0.0: [(y, x)] * 2, 0.5: [(x, y), (y, x)]}[o]
+    started = time.perf_counter()
+    choix.mm_pairwise(models, data, alpha=0.1)
+    peer = time.perf_counter() - started
+    widest = max(s.high - s.low for s in ranking.strengths)
+    print(
+        f"ranking: Bradley-Terry + {resamples:,} prompt resamples over {n:,} comparisons, "
+        f"{models} models: {ours:.2f} s (widest 95% CI {widest:.3f}); target "
+        f"{RANKING_TARGET_S:.0f} s -> {RANKING_TARGET_S / ours:.1f}x under target"
+    )
+    print(
+        f"peer: choix.mm_pairwise, one fit of the same data: {peer:.2f} s; x {resamples:,} "
+        f"resamples = {peer * resamples:,.0f} s -> evalkit {peer * resamples / ours:,.0f}x faster"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--per-thread", type=int, default=60, help="items each thread rates")
+    parser.add_argument("--think-ms", type=float, default=500.0, help="mean time an item is read")
+    parser.add_argument("--comparisons", type=int, default=50_000)
+    parser.add_argument("--models", type=int, default=10)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    print(f"cores: {os.cpu_count()}  load average: {load:.1f}")
+    bench_ranking(args.comparisons, args.models, args.resamples, args.seed)
+    bench_queue(1, args.per_thread, 0.0, args.seed)  # one annotator alone: the floor
+    bench_queue(args.threads, args.per_thread, args.think_ms, args.seed)
+    bench_queue(args.threads, args.per_thread // 2, 0.0, args.seed)
+
+
+if __name__ == "__main__":
+    main()

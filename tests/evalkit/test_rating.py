@@ -1,0 +1,257 @@
+import json
+import time
+
+import pytest
+
+from evalkit.errors import EvalkitError
+from evalkit.rating import (
+    Item,
+    QueueConfig,
+    add_annotator,
+    add_items,
+    claim_next,
+    set_gold,
+    submit,
+)
+from evalkit.rating_report import annotator_report, gold_correct, load_ratings, queue_status
+from evalkit.rubric import Rating, load_rubric
+from evalkit.store import connect
+
+SCORES = {"helpfulness": 4, "correctness": 5, "harmlessness": 5}
+NO_GOLD = QueueConfig(gold_every=0)
+
+
+def _item(n, kind="single", **fields):
+    pair = {"response_b": f"other answer {n}"} if kind == "pair" else {}
+    return Item(
+        kind, [{"role": "user", "content": f"question {n}"}], f"answer {n}", {"n": n},
+        **pair, **fields,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def con(tmp_path):
+    con = connect(tmp_path / "store.duckdb")
+    for name in ("ann", "bob", "cid"):
+        add_annotator(con, name)
+    yield con
+    con.close()
+
+
+def test_adding_the_same_items_twice_queues_them_once(con):
+    items = [_item(n) for n in range(5)]
+    assert add_items(con, items) == 5
+    assert add_items(con, [*items, _item(5)]) == 1
+    assert queue_status(con)["items"]["single"]["items"] == 6
+
+
+def test_higher_priority_comes_first(con):
+    low, high = _item(1), _item(2, priority=5)
+    add_items(con, [low, high])
+    assert claim_next(con, "ann", NO_GOLD).item_id == high.item_id
+    assert claim_next(con, "bob", NO_GOLD).item_id == low.item_id  # ann holds its one place
+
+
+def test_started_overlap_sets_come_before_priority(con):
+    started, urgent = _item(1, overlap=2), _item(2, priority=9)
+    add_items(con, [started])
+    assert claim_next(con, "ann", NO_GOLD).item_id == started.item_id
+    submit(con, "ann", started.item_id, Rating(thumbs="up"))
+    add_items(con, [urgent])
+    assert claim_next(con, "bob", NO_GOLD).item_id == started.item_id
+    assert claim_next(con, "cid", NO_GOLD).item_id == urgent.item_id
+
+
+def test_equal_items_come_in_a_seeded_order_per_annotator(con):
+    add_items(con, [_item(n) for n in range(30)])
+
+    def order(seed):
+        got = []
+        while (a := claim_next(con, "ann", QueueConfig(gold_every=0, seed=seed))) is not None:
+            submit(con, "ann", a.item_id, Rating(skip_reason="benchmarking the order"))
+            got.append(a.item_id)
+        return got
+
+    first = order(seed=3)
+    con.execute("DELETE FROM ratings; DELETE FROM rating_leases")
+    assert order(seed=3) == first and len(first) == 30
+    con.execute("DELETE FROM ratings; DELETE FROM rating_leases")
+    assert order(seed=4) != first
+
+
+def test_refresh_returns_the_leased_item_and_expiry_passes_it_on(con):
+    add_items(con, [_item(n) for n in range(3)])
+    config = QueueConfig(lease_ttl_s=0.4, gold_every=0)
+    first = claim_next(con, "ann", config)
+    assert claim_next(con, "ann", config).item_id == first.item_id  # a page refresh
+    con.execute("DELETE FROM rating_items WHERE item_id <> ?", [first.item_id])
+    assert claim_next(con, "bob", config) is None  # ann holds the only place
+    time.sleep(0.5)
+    bob = claim_next(con, "bob", config)
+    assert bob.item_id == first.item_id  # reclaimed after the TTL
+    with pytest.raises(EvalkitError, match=r"expired .* went to another annotator") as err:
+        submit(con, "ann", first.item_id, Rating(thumbs="up"))
+    assert "nothing is lost" in err.value.hint
+    refused = con.execute("SELECT annotator, item_id, rating FROM rating_refused").fetchall()
+    assert refused == [("ann", first.item_id, json.dumps(
+        {"scores": {}, "thumbs": "up", "choice": None, "corrected": None, "skip_reason": None}
+    ))]  # fmt: skip
+    submit(con, "bob", bob.item_id, Rating(thumbs="down"))
+    assert [r["annotator"] for r in load_ratings(con)] == ["bob"]
+
+
+def test_a_late_rating_is_counted_when_nobody_took_the_item(con):
+    add_items(con, [_item(1)])
+    config = QueueConfig(lease_ttl_s=0.2, gold_every=0)
+    got = claim_next(con, "ann", config)
+    time.sleep(0.3)
+    submit(con, "ann", got.item_id, Rating(thumbs="up"))
+    assert claim_next(con, "bob", config) is None  # its one place is taken
+
+
+def test_an_item_gets_overlap_distinct_annotators_and_nobody_twice(con):
+    item = _item(1, overlap=2)
+    add_items(con, [item])
+    for name in ("ann", "bob"):
+        assert claim_next(con, name, NO_GOLD).item_id == item.item_id
+        submit(con, name, item.item_id, Rating(thumbs="up"))
+    assert claim_next(con, "cid", NO_GOLD) is None
+    assert claim_next(con, "ann", NO_GOLD) is None
+    status = queue_status(con)["items"]["single"]
+    assert status["complete"] == 1 and status["started"] == 0
+
+
+def test_a_skipped_item_goes_to_someone_else_but_never_back(con):
+    item = _item(1)
+    add_items(con, [item])
+    assert claim_next(con, "ann", NO_GOLD).item_id == item.item_id
+    submit(con, "ann", item.item_id, Rating(skip_reason="not my language"))
+    assert claim_next(con, "ann", NO_GOLD) is None
+    assert claim_next(con, "bob", NO_GOLD).item_id == item.item_id
+    assert queue_status(con)["skips"] == 1
+
+
+def test_a_second_submission_is_refused_not_counted(con):
+    add_items(con, [_item(1)])
+    got = claim_next(con, "ann", NO_GOLD)
+    submit(con, "ann", got.item_id, Rating(thumbs="up"))
+    with pytest.raises(EvalkitError, match="counted once"):
+        submit(con, "ann", got.item_id, Rating(thumbs="down"))
+    with pytest.raises(EvalkitError, match="never served to bob"):
+        submit(con, "bob", got.item_id, Rating(thumbs="down"))
+    assert len(load_ratings(con)) == 1 and queue_status(con)["refused"] == 2
+
+
+def test_every_rating_records_who_when_how_long_and_versions(con):
+    add_items(con, [_item(1, kind="correction")])
+    got = claim_next(con, "ann", NO_GOLD)
+    submit(con, "ann", got.item_id, Rating(corrected="a better answer"), shown_ms=4321,
+           app_version="9.9")  # fmt: skip
+    (row,) = load_ratings(con)
+    assert row["annotator"] == "ann" and row["submitted_at"] is not None
+    assert row["shown_ms"] == 4321 and row["app_version"] == "9.9"
+    assert row["guideline_version"] == load_rubric().version
+    assert (row["original"], row["corrected"]) == ("answer 1", "a better answer")
+
+
+@pytest.mark.parametrize(
+    ("kind", "rating", "message"),
+    [
+        ("single", Rating(scores={**SCORES, "helpfulness": 6}), "out of range"),
+        ("single", Rating(scores={**SCORES, "helpfulness": True}), "out of range"),
+        ("single", Rating(scores={"helpfulnes": 4}), "did you mean: helpfulness"),
+        ("single", Rating(scores={"helpfulness": 4}), "scores missing for: correctness"),
+        ("single", Rating(thumbs="sideways"), "thumbs 'sideways' is not one of"),
+        ("single", Rating(choice="A"), "rated with scores and/or thumbs"),
+        ("pair", Rating(choice="a"), "did you mean: A"),
+        ("pair", Rating(thumbs="up"), "rated with choice"),
+        ("correction", Rating(corrected="  "), "corrected response is empty"),
+        ("single", Rating(skip_reason=""), "non-empty reason"),
+        ("single", Rating(thumbs="up", skip_reason="x"), "nothing else"),
+    ],
+)
+def test_bad_ratings_name_what_is_wrong(con, kind, rating, message):
+    add_items(con, [_item(1, kind=kind)])
+    got = claim_next(con, "ann", NO_GOLD)
+    with pytest.raises(EvalkitError, match=message):
+        submit(con, "ann", got.item_id, rating)
+    assert load_ratings(con) == [] and queue_status(con)["refused"] == 0
+
+
+def test_unknown_annotator_item_and_rating_field(con):
+    add_items(con, [_item(1)])
+    with pytest.raises(EvalkitError, match="unknown annotator 'zed'") as err:
+        claim_next(con, "zed")
+    assert "evalkit rate annotator zed" in err.value.hint
+    with pytest.raises(EvalkitError, match="no rating item 'nope'"):
+        submit(con, "ann", "nope", Rating(thumbs="up"))
+    with pytest.raises(EvalkitError, match="did you mean: thumbs"):
+        Rating.from_dict({"thumb": "up"})
+
+
+def test_a_store_without_a_queue_says_to_enqueue_first(tmp_path):
+    con = connect(tmp_path / "empty.duckdb")
+    with pytest.raises(EvalkitError, match="no rating queue yet"):
+        claim_next(con, "ann")
+
+
+def test_gold_items_are_hidden_and_scored(con):
+    items = [_item(n) for n in range(4)]
+    add_items(con, items)
+    set_gold(con, items[0].item_id, Rating(scores=SCORES))
+    config = QueueConfig(gold_every=2)
+    first = claim_next(con, "ann", config)
+    assert first.item_id != items[0].item_id and not hasattr(first, "gold")
+    submit(con, "ann", first.item_id, Rating(scores=SCORES))
+    second = claim_next(con, "ann", config)
+    assert second.item_id == items[0].item_id
+    submit(con, "ann", second.item_id, Rating(scores={**SCORES, "correctness": 2}))
+    (stats,) = annotator_report(con)
+    assert (stats.gold_checked, stats.gold_correct) == (1, 0)
+    assert 0 <= stats.gold_low < stats.gold_high <= 1
+
+
+@pytest.mark.parametrize(
+    ("gold", "rating", "right"),
+    [
+        ({"choice": "A"}, {"choice": "A"}, True),
+        ({"choice": "A"}, {"choice": "tie"}, False),
+        ({"thumbs": "up"}, {"thumbs": "down"}, False),
+        ({"scores": {"helpfulness": 4}}, {"scores": {"helpfulness": 5}}, True),
+        ({"scores": {"helpfulness": 4}}, {"scores": {"helpfulness": 2}}, False),
+    ],
+)
+def test_gold_correct(gold, rating, right):
+    record = {"choice": None, "thumbs": None, "scores": None, **rating}
+    assert gold_correct(gold, record) is right
+
+
+def test_gold_needs_an_answer_that_can_be_checked(con):
+    item = _item(1, kind="correction")
+    add_items(con, [item])
+    with pytest.raises(EvalkitError, match="gold needs an answer"):
+        set_gold(con, item.item_id, Rating(corrected="x"))
+
+
+def test_rubric_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "rubric.toml"
+    bad.write_text('version = "1"\n[[dimensions]\nname = "x"\n')
+    with pytest.raises(EvalkitError, match=f"{bad} is not valid TOML.*line 2"):
+        load_rubric(bad)
+    bad.write_text('version = "1"\n[[dimensions]]\nname = "x"\nquestion = "q"\n')
+    with pytest.raises(EvalkitError, match="missing field 'anchors'"):
+        load_rubric(bad)
+    bad.write_text(
+        'version = "1"\n[[dimensions]]\nname = "x"\nquestion = "q"\n[dimensions.anchors]\n1 = "a"\n'
+    )
+    with pytest.raises(EvalkitError, match="exactly the points 1 to 5"):
+        load_rubric(bad)
+    with pytest.raises(EvalkitError, match="cannot read rubric"):
+        load_rubric(tmp_path / "missing.toml")
+
+
+def test_default_rubric_has_anchored_dimensions():
+    rubric = load_rubric()
+    assert rubric.dimension_names == ("helpfulness", "correctness", "harmlessness")
+    assert all(sorted(d.anchors) == [1, 2, 3, 4, 5] for d in rubric.dimensions)
+    assert rubric.version and set(rubric.instructions) == {"single", "pair", "correction"}

@@ -1,0 +1,102 @@
+"""`evalkit rate`, in-process: every result checked through the library."""
+
+import json
+
+import pytest
+
+from evalkit.cli import main
+from evalkit.rating_report import load_ratings, queue_status
+from evalkit.runs import ExampleResult, add_results, create_run, finish_run
+from evalkit.store import open_store
+from evalkit.workspace import open_workspace
+
+
+def _run(con, name, prefix):
+    run_id = create_run(con, name=name)
+    add_results(
+        con,
+        run_id,
+        [
+            ExampleResult(
+                "chat", f"ex{n}", {}, {"topic": "t"},
+                prompt=json.dumps([{"role": "user", "content": f"q{n}"}]),
+                output=f"{prefix} {n}",
+            )
+            for n in range(6)
+        ],
+    )  # fmt: skip
+    finish_run(con, run_id, summary={})
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    ws = open_workspace(tmp_path / "ws")
+    with open_store(ws.store_path) as con:
+        _run(con, "base", "base answer")
+        _run(con, "cand", "candidate answer")
+    return ws
+
+
+def _rate(ws, *args):
+    return main(["--workspace", str(ws.root), "rate", *args])
+
+
+def test_enqueue_claim_submit_rank_and_export(workspace, capsys, tmp_path):
+    assert _rate(workspace, "enqueue", "compare", "base", "cand", "--overlap", "2") == 0
+    assert "queued 6 new items" in capsys.readouterr().out
+    assert _rate(workspace, "enqueue", "run", "base", "--kind", "correction") == 0
+    assert _rate(workspace, "annotator", "ann", "bob") == 0
+    capsys.readouterr()
+    for name in ("ann", "bob"):
+        while True:
+            assert _rate(workspace, "claim", name, "--gold-every", "0") == 0
+            got = json.loads(capsys.readouterr().out)
+            if got is None:
+                break
+            if got["kind"] == "pair":
+                rating = {"choice": "B" if "candidate" in got["response_b"] else "A"}
+            else:
+                rating = {"corrected": got["response_a"] + " (fixed)"}
+            args = ["submit", name, got["item_id"], "--rating", json.dumps(rating)]
+            assert _rate(workspace, *args, "--shown-ms", "1500") == 0
+            assert "stored" in capsys.readouterr().out
+    with open_store(workspace.store_path) as con:
+        status = queue_status(con)
+        records = load_ratings(con)
+    assert status["items"]["pair"]["complete"] == 6 and status["ratings"] == 18
+    assert {r["shown_ms"] for r in records} == {1500}
+
+    assert _rate(workspace, "status") == 0
+    out = capsys.readouterr().out
+    assert "pair" in out and "ann" in out and "bob" in out
+    assert _rate(workspace, "ranking", "--resamples", "200") == 0
+    out = capsys.readouterr().out
+    assert "Bradley-Terry over 12 judgements on 6 prompts" in out
+    assert "win rate 1.000" in out  # every judge preferred the candidate
+    assert _rate(workspace, "agreement", "--resamples", "200") == 0
+    assert "Krippendorff's alpha (nominal)" in capsys.readouterr().out
+    for fmt, rows in (("dpo", 6 + 6), ("sft", 6), ("kto", 0)):
+        out = tmp_path / f"{fmt}.jsonl"
+        assert _rate(workspace, "export", fmt, "--out", str(out)) == 0
+        assert len(out.read_text().splitlines()) == rows
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["claim", "nobody"], "unknown annotator 'nobody'"),
+        (["submit", "ann", "x", "--rating", "{bad"], "--rating: not JSON"),
+        (["submit", "ann", "x", "--rating", '{"thumb": "up"}'], "did you mean: thumbs"),
+        (["submit", "ann", "x", "--rating", '{"scores": [5]}'], "must be an object"),
+        (["enqueue", "run", "missing"], "no evaluation run 'missing'"),
+        (["enqueue", "events"], "no event files"),
+        (["enqueue", "events", "--since", "yesterday"], "dates are YYYY-MM-DD"),
+        (["export", "orpo", "--out", "x.jsonl"], "unknown export format"),
+        (["ranking"], "no pairwise judgements"),
+    ],
+)
+def test_bad_input_is_named_without_a_traceback(workspace, capsys, args, message):
+    assert _rate(workspace, "annotator", "ann") == 0
+    assert _rate(workspace, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
