@@ -38,7 +38,6 @@ import html
 import io
 import json
 import math
-import tomllib
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +49,7 @@ import numpy as np
 from evalkit.compare import Comparison, MetricComparison, compare_runs
 from evalkit.errors import EvalkitError
 from evalkit.stats import paired_bootstrap
+from evalkit.suite import read_toml
 
 DIRECTIONS = {
     "max_increase": (1, False),
@@ -108,12 +108,7 @@ class GateSpec:
 
 def load_spec(path: str | Path) -> GateSpec:
     path = Path(path)
-    try:
-        definition = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise EvalkitError(f"cannot read gate spec {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise EvalkitError(f"gate spec {path} is not valid TOML: {exc}") from exc
+    definition = read_toml(path, "gate spec")
     rules = []
     for i, raw in enumerate(definition.get("rules", []), start=1):
         raw = dict(raw)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -96,20 +95,6 @@ def bootstrap_ci(
     """Percentile bootstrap interval of the mean of ``values``."""
     sums = bootstrap_sums(values, n_resamples=n_resamples, seed=seed, groups=groups)
     return percentile_interval(mean_of_sums(sums), confidence)
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """candidate minus baseline, with its bootstrap interval and a paired test's p-value."""
-
-    baseline: float
-    candidate: float
-    difference: float
-    low: float
-    high: float
-    p_value: float
-    test: str
-    n: int
 
 
 def paired_bootstrap(

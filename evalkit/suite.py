@@ -94,15 +94,20 @@ def task_name(spec: dict) -> str:
     return spec.get("name") or (f"{kind}:{dataset}" if dataset else kind)
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """A TOML file's content; an unreadable or invalid file is the user's error to fix."""
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise EvalkitError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise EvalkitError(f"{what} {path} is not valid TOML: {exc}") from exc
+
+
 def load_suite(path: str | Path) -> Suite:
     """Read and check a suite file: every dataset exists, every task is known."""
     path = Path(path)
-    try:
-        definition = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise EvalkitError(f"cannot read suite {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise EvalkitError(f"suite {path} is not valid TOML: {exc}") from exc
+    definition = read_toml(path, "suite")
     datasets = {}
     for name, spec in definition.get("datasets", {}).items():
         if "path" not in spec:
