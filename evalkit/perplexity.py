@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,8 +104,8 @@ def sequence_nll(
     A batch holds at most ``batch_size`` full windows' worth of tokens (``batch_size *
     max_length``), so short texts share larger batches in the same memory. Runs on the model's
     device; ``autocast_dtype`` (e.g. ``torch.bfloat16`` on CUDA) runs the model under autocast,
-    the log-probabilities are always taken in float32. On the CPU, batches go to one worker
-    thread per core, each running its ops on one core (see :func:`_cpu_workers`).
+    the log-probabilities are always taken in float32. On the CPU, a small model's batches go to
+    one worker thread per core (see :func:`_cpu_workers`); results do not depend on it.
     """
     import torch
     from tqdm.auto import tqdm
@@ -159,8 +160,9 @@ def sequence_nll(
         ):
             ids_t = torch.from_numpy(ids).to(device, non_blocking=True)
             labels_t = torch.from_numpy(labels).to(device, non_blocking=True)
-            # Right padding needs no attention mask in a causal model: no real position sees it.
-            logits = model(input_ids=ids_t).logits
+            # Right padding is invisible to the real positions of a causal model, so the mask
+            # can be all ones (lm-eval passes none): transformers then takes its causal fast path.
+            logits = model(input_ids=ids_t, attention_mask=torch.ones_like(ids_t)).logits
             nll = torch.nn.functional.cross_entropy(
                 logits.float().flatten(0, 1), labels_t.flatten(), reduction="none"
             )
@@ -168,17 +170,15 @@ def sequence_nll(
         return owners, row_nll, (labels != -100).sum(axis=1)
 
     bar = tqdm(total=len(batches), desc="perplexity", disable=not progress or None)
-    with bar, _fast_activations(model):
-        if device.type == "cpu":
-            with _cpu_workers() as pool:
-                results = [bar.update() or r for r in pool.map(score, batches)]
-        else:
-            results = [bar.update() or score(batch) for batch in batches]
+    workers = _cpu_workers(model) if device.type == "cpu" else nullcontext()
+    with bar, _fast_activations(model), workers as pool:
+        scored = pool.map(score, batches) if pool else map(score, batches)
+        results = [bar.update() or result for result in scored]
     totals = np.zeros(len(arrays), dtype=np.float64)
     counts = np.zeros(len(arrays), dtype=np.int64)
-    for owners, row_nll, scored in results:  # in batch order: the same sums every run
+    for owners, row_nll, positions in results:  # in batch order: the same sums every run
         np.add.at(totals, owners, row_nll.cpu().numpy())
-        np.add.at(counts, owners, scored)
+        np.add.at(counts, owners, positions)
     return [(float(nll), int(count)) for nll, count in zip(totals, counts)]
 
 
@@ -193,28 +193,48 @@ def _token_batches(rows: list, budget: int) -> list[list]:
     return batches
 
 
-@contextmanager
-def _cpu_workers():
-    """A pool of one worker thread per core, torch running each op on one core meanwhile.
+# Up to this size, a model's ops are short and its batches small: whole batches go to parallel
+# threads. Larger models have matmuls long enough for torch's own threads, and one batch at a
+# time keeps their (vocabulary-wide) logits in memory once.
+SMALL_MODEL_PARAMETERS = 50_000_000
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
 
-    With a small model, ops are too short for torch's intra-op threads: they spend their time
-    waiting for each other, and on a busy machine (CI runners, shared VMs) every op waits for
-    all of them to be scheduled at once, which made scoring 15x slower on a loaded 2-core VM.
-    Whole batches on separate threads (torch releases the GIL inside ops) keep every core busy
-    and need no such rendezvous. The thread setting is process-wide: restored on exit.
+
+@contextmanager
+def _cpu_workers(model):
+    """Where CPU batches run: one worker thread per core for a small model, else the caller.
+
+    A small model's ops are too short for torch's intra-op threads: the threads mostly wait for
+    each other, and on a busy machine (CI runners, shared VMs) every op waits until all of them
+    are scheduled at once, which made scoring about 15x slower on a loaded 2-core VM. Whole
+    batches on separate threads (torch releases the GIL inside ops), each running its ops on
+    one core, keep every core busy with no such rendezvous. torch's thread count is process-wide:
+    it is set to one for the duration and restored when the last concurrent call ends.
     """
+    global _threads_users, _threads_saved
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
     threads = torch.get_num_threads()
-    workers = min(threads, 8)
-    torch.set_num_threads(max(1, threads // workers))
+    if threads == 1 or sum(p.numel() for p in model.parameters()) > SMALL_MODEL_PARAMETERS:
+        yield None
+        return
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = threads
+            torch.set_num_threads(1)
+        _threads_users += 1
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="evalkit-perplexity") as pool:
+        with ThreadPoolExecutor(threads, thread_name_prefix="evalkit-perplexity") as pool:
             yield pool
     finally:
-        torch.set_num_threads(threads)
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
 
 
 @contextmanager

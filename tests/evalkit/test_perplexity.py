@@ -162,3 +162,19 @@ def test_bf16_autocast_stays_close(micro_model):
     exact = text_nll(model, tokenizer, TEXTS[:4])
     fast = text_nll(model, tokenizer, TEXTS[:4], autocast_dtype=torch.bfloat16)
     assert [s.nll for s in fast] == pytest.approx([s.nll for s in exact], rel=0.05)
+
+
+def test_cpu_workers_change_neither_results_nor_settings(micro_model, monkeypatch):
+    """Worker threads (small models) and one batch at a time (large ones) agree; torch's thread
+    count and the model's modules are as they were afterwards."""
+    import evalkit.perplexity
+
+    model, tokenizer = load_model(micro_model, device="cpu")
+    modules = [type(m) for m in model.modules()]
+    threads = torch.get_num_threads()
+    pooled = text_nll(model, tokenizer, TEXTS, batch_size=1)
+    assert torch.get_num_threads() == threads
+    assert [type(m) for m in model.modules()] == modules
+    monkeypatch.setattr(evalkit.perplexity, "SMALL_MODEL_PARAMETERS", 0)
+    sequential = text_nll(model, tokenizer, TEXTS, batch_size=1)
+    assert [s.nll for s in pooled] == pytest.approx([s.nll for s in sequential], rel=1e-6)

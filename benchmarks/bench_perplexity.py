@@ -1,0 +1,213 @@
+"""Perplexity throughput: evalkit's text perplexity against lm-evaluation-harness, same model.
+
+Both score the same chit-chat texts (one text per exchange: a turn and its reply, from one JSONL
+file) with the same definition (lm-eval's ``loglikelihood_rolling``), on the CPU in float32,
+and must agree on word perplexity within 1e-4 relative. Reported:
+
+- in-process tokens/s, model loading included: evalkit's ``load_model`` + ``text_nll``, and
+  lm-eval's ``simple_evaluate`` (its task index built beforehand, not timed) at each batch size
+  tried, its best one kept for the ratio;
+- whole-process wall time of each as a subprocess: ``lm_eval --model hf ... --include_path``
+  (its CLI, at its best batch size) and ``python -m evalkit.perplexity MODEL TEXTS``.
+
+    .venv/bin/pip install -e ".[dev]"
+    .venv/bin/python benchmarks/bench_perplexity.py [--workspace DIR] [--size micro]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TASK = "evalkit_bench_ppl"
+TASK_YAML = """\
+task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+should_decontaminate: false
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+"""
+
+
+def chitchat_texts(n: int) -> list[str]:
+    """The first ``n`` exchanges of the chit-chat corpus: a turn and its reply, one text."""
+    from finetune.corpora import load_chitchat
+
+    texts = []
+    for conversation in load_chitchat():
+        turns = [m["content"] for m in conversation["messages"]]
+        texts.extend("\n".join(turns[i : i + 2]) for i in range(0, len(turns), 2))
+    if len(texts) < n:
+        raise SystemExit(f"the corpus has only {len(texts)} exchanges")
+    return texts[:n]
+
+
+def run_evalkit(model_dir: Path, data: Path, batch_size: int) -> tuple[float, int, float]:
+    """Word perplexity, scored tokens and seconds: reading the texts, loading, scoring."""
+    from evalkit.models import load_model
+    from evalkit.perplexity import text_nll, word_perplexity
+
+    start = time.perf_counter()
+    texts = [json.loads(line)["text"] for line in data.read_text().splitlines()]
+    model, tokenizer = load_model(model_dir, device="cpu", require_chat_template=False)
+    scores = text_nll(model, tokenizer, texts, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    ppl = word_perplexity([s.nll for s in scores], [s.words for s in scores])
+    return ppl, sum(s.tokens for s in scores), seconds
+
+
+def run_lm_eval(model_dir: Path, task_manager, batch_size: int) -> tuple[float, float]:
+    """Word perplexity and seconds of one ``simple_evaluate`` (model loading included)."""
+    import lm_eval
+
+    start = time.perf_counter()
+    results = lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(model_dir), "dtype": "float32"},
+        tasks=[TASK],
+        task_manager=task_manager,
+        device="cpu",
+        batch_size=batch_size,
+        log_samples=False,
+        bootstrap_iters=0,
+    )
+    seconds = time.perf_counter() - start
+    return results["results"][TASK]["word_perplexity,none"], seconds
+
+
+def wall_time(command: list[str], cwd: Path) -> tuple[float, str]:
+    """Seconds of a whole subprocess, and its standard output."""
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"{command[0]} failed:\n{done.stderr[-3000:]}")
+    return seconds, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--workspace",
+        default=os.environ.get("EVALKIT_WORKSPACE") or Path.home() / ".cache" / "evalkit-bench",
+        help="where the base model is built once and cached (default: ~/.cache/evalkit-bench)",
+    )
+    parser.add_argument("--size", default="default", choices=["default", "micro"])
+    parser.add_argument("--texts", type=int, default=2000, help="chit-chat exchanges to score")
+    parser.add_argument("--batch-size", type=int, default=16, help="evalkit's batch size")
+    parser.add_argument("--threads", type=int, help="torch threads of both, in and out of process")
+    parser.add_argument(
+        "--lm-eval-batch-sizes", default="8,16,32,64", help="lm-eval batch sizes to try"
+    )
+    args = parser.parse_args()
+
+    import lm_eval.evaluator
+    import torch
+    from lm_eval.tasks import TaskManager
+
+    from evalkit.workspace import open_workspace
+    from finetune.base_model import build_base_model, read_metadata
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    # lm-eval records the git commit of its working directory: not ours to read.
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
+    model_dir = build_base_model(open_workspace(args.workspace), args.size)
+    load_before = os.getloadavg()[0]
+    params = read_metadata(model_dir)["parameters"]
+    texts = chitchat_texts(args.texts)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = tmp / "texts.jsonl"
+        data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        tasks = tmp / "tasks"
+        tasks.mkdir()
+        (tasks / f"{TASK}.yaml").write_text(TASK_YAML.format(task=TASK, data=data))
+        task_manager = TaskManager(include_path=str(tasks), include_defaults=False)
+
+        run_lm_eval(model_dir, task_manager, 8)  # warm-up: the datasets cache of the JSONL
+        ours_ppl, tokens, ours_s = run_evalkit(model_dir, data, args.batch_size)
+        theirs = {}
+        for bs in map(int, args.lm_eval_batch_sizes.split(",")):
+            theirs[bs] = run_lm_eval(model_dir, task_manager, bs)
+            print(f"lm-eval batch size {bs}: {tokens / theirs[bs][1]:,.0f} tokens/s", flush=True)
+        best = min(theirs, key=lambda bs: theirs[bs][1])
+        theirs_ppl, theirs_s = theirs[best]
+
+        ours_wall, out = wall_time(
+            [
+                sys.executable,
+                "-m",
+                "evalkit.perplexity",
+                str(model_dir),
+                str(data),
+                "--batch-size",
+                str(args.batch_size),
+                "--device",
+                "cpu",
+            ],
+            tmp,
+        )
+        sub_ppl = json.loads(out.splitlines()[-1])["word_perplexity"]
+        lm_eval_cli = str(Path(sys.executable).with_name("lm_eval"))
+        theirs_wall, _ = wall_time(
+            [
+                lm_eval_cli,
+                "--model",
+                "hf",
+                "--model_args",
+                f"pretrained={model_dir},dtype=float32",
+                "--tasks",
+                TASK,
+                "--include_path",
+                str(tasks),
+                "--device",
+                "cpu",
+                "--batch_size",
+                str(best),
+            ],
+            tmp,
+        )
+
+    rel = abs(ours_ppl - theirs_ppl) / theirs_ppl
+    print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    print(
+        f"model: {model_dir.name}, {params:,} parameters; {len(texts):,} texts, {tokens:,} tokens; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(f"word perplexity: evalkit {ours_ppl:.6f}, lm-eval {theirs_ppl:.6f} (diff {rel:.1e})")
+    print(f"{'in process':<34}{'seconds':>9}{'tokens/s':>11}")
+    print(f"{'evalkit (load + text_nll)':<34}{ours_s:>9.2f}{tokens / ours_s:>11,.0f}")
+    for bs, (_, s) in theirs.items():
+        print(f"{f'lm-eval simple_evaluate, batch {bs}':<34}{s:>9.2f}{tokens / s:>11,.0f}")
+    print(f"tokens/s ratio evalkit / lm-eval (batch {best}): {theirs_s / ours_s:.2f}x")
+    print(f"{'whole process (subprocess)':<34}{'seconds':>9}")
+    print(f"{'python -m evalkit.perplexity':<34}{ours_wall:>9.2f}")
+    print(f"{f'lm_eval CLI, batch {best}':<34}{theirs_wall:>9.2f}")
+    print(f"wall-time ratio lm-eval / evalkit: {theirs_wall / ours_wall:.2f}x")
+    if rel > 1e-4 or abs(sub_ppl - ours_ppl) / ours_ppl > 1e-6:
+        raise SystemExit("the word perplexities differ: the comparison is void")
+
+
+if __name__ == "__main__":
+    main()
