@@ -26,6 +26,7 @@ Aggregates, as lm-eval's:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -135,7 +136,7 @@ def sequence_nll(
     batches = _token_batches(rows, batch_size * max_length)
     device = next(model.parameters()).device
 
-    def score(batch):
+    def score(batch, split=None):
         """(owners, summed NLL of each row, scored positions of each row) of one batch."""
         width = batch[0][2] - batch[0][1] - 1  # the longest input of the batch
         ids = np.zeros((len(batch), width), dtype=np.int64)
@@ -162,17 +163,35 @@ def sequence_nll(
             labels_t = torch.from_numpy(labels).to(device, non_blocking=True)
             # Right padding is invisible to the real positions of a causal model, so the mask
             # can be all ones (lm-eval passes none): transformers then takes its causal fast path.
-            logits = model(input_ids=ids_t, attention_mask=torch.ones_like(ids_t)).logits
-            nll = torch.nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), labels_t.flatten(), reduction="none"
-            )
-            row_nll = nll.view(len(batch), width).sum(dim=1, dtype=torch.float64)
+            inputs = {"input_ids": ids_t, "attention_mask": torch.ones_like(ids_t)}
+            if split is None:
+                logits = model(**inputs).logits
+                nll = torch.nn.functional.cross_entropy(
+                    logits.float().flatten(0, 1), labels_t.flatten(), reduction="none"
+                )
+                row_nll = nll.view(len(batch), width).sum(dim=1, dtype=torch.float64)
+            else:
+                row_nll = _split_nll(split, inputs, labels_t, 256 if device.type == "cpu" else 4096)
         return owners, row_nll, (labels != -100).sum(axis=1)
+
+    # The body and the output layer apart, when the first rows prove it the same model.
+    split = _head_split(model)
+    if split is not None and batches:
+        probe = batches[0][:2]
+        _, full, _ = score(probe)
+        try:
+            _, parts, _ = score(probe, split)
+        except Exception:  # a body that does not take these inputs: use the whole model
+            split = None
+        else:
+            if not torch.allclose(full, parts, rtol=1e-5, atol=1e-4):
+                split = None
 
     bar = tqdm(total=len(batches), desc="perplexity", disable=not progress or None)
     workers = _cpu_workers(model) if device.type == "cpu" else nullcontext()
     with bar, _fast_activations(model), workers as pool:
-        scored = pool.map(score, batches) if pool else map(score, batches)
+        run = functools.partial(score, split=split)
+        scored = pool.map(run, batches) if pool else map(run, batches)
         results = [bar.update() or result for result in scored]
     totals = np.zeros(len(arrays), dtype=np.float64)
     counts = np.zeros(len(arrays), dtype=np.int64)
@@ -180,6 +199,40 @@ def sequence_nll(
         np.add.at(totals, owners, row_nll.cpu().numpy())
         np.add.at(counts, owners, positions)
     return [(float(nll), int(count)) for nll, count in zip(totals, counts)]
+
+
+def _head_split(model):
+    """``(body, output layer)`` of a causal LM whose logits are ``output(body(...)[0])``, or None.
+
+    Scoring through them skips the output layer at positions not scored (padding, context,
+    masked) and takes the log-sum-exp over the vocabulary a few hundred rows at a time, while
+    those logits are still in cache, instead of writing and reading all of them. Models that
+    change the logits afterwards (soft-capping, scaling) fail the check in ``sequence_nll``.
+    """
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if not isinstance(head, torch.nn.Linear) or not isinstance(body, torch.nn.Module):
+        return None
+    return body, head
+
+
+def _split_nll(split, inputs: dict, labels, chunk: int):
+    """Summed NLL of each row from the body's hidden states, the output layer run by chunks."""
+    import torch
+
+    body, head = split
+    hidden = body(**inputs)[0]
+    rows, cols = (labels != -100).nonzero(as_tuple=True)
+    states, targets = hidden[rows, cols], labels[rows, cols]
+    nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    for start in range(0, len(targets), chunk):
+        logits = head(states[start : start + chunk]).float()
+        target_logits = logits.gather(1, targets[start : start + chunk, None])[:, 0]
+        nll[start : start + chunk] = torch.logsumexp(logits, dim=1) - target_logits
+    totals = torch.zeros(labels.shape[0], dtype=torch.float64, device=hidden.device)
+    return totals.index_add_(0, rows, nll.double())
 
 
 def _token_batches(rows: list, budget: int) -> list[list]:
