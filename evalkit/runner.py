@@ -78,9 +78,9 @@ def _conversation_parts(example: Example) -> tuple[list[dict], str | None]:
 def run_perplexity(model, tokenizer, task: TaskSpec, examples: list[Example], batch_size: int):
     """Per-example NLL: of the text, or of a conversation's assistant turns given their context
     (masked as in training; ``scope = "all"`` scores every token)."""
-    from evalkit.perplexity import ExampleNLL, sequence_nll, text_nll
+    from evalkit.perplexity import ExampleNLL, context_length, sequence_nll, text_nll
 
-    max_length = task.params.get("max_length") or model.config.max_position_embeddings
+    max_length = task.params.get("max_length") or context_length(model, tokenizer)
     stride = task.params.get("stride")
     texts = [e for e in examples if e.messages is None]
     convs = [e for e in examples if e.messages is not None]

@@ -46,6 +46,8 @@ def normalize_text(text: str, *, fix_mojibake: bool = True, html_strip: bool = F
     if html_strip:
         text = strip_html(text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # control characters go before ftfy too: removing one can join bytes that ftfy then repairs
+    text = _CONTROL.sub("", text)
     # ftfy only matters for non-ASCII text or HTML entities; skipping it keeps clean text fast.
     if fix_mojibake and not (text.isascii() and "&" not in text):
         import ftfy

@@ -178,3 +178,54 @@ def test_cpu_workers_change_neither_results_nor_settings(micro_model, monkeypatc
     monkeypatch.setattr(evalkit.perplexity, "SMALL_MODEL_PARAMETERS", 0)
     sequential = text_nll(model, tokenizer, TEXTS, batch_size=1)
     assert [s.nll for s in pooled] == pytest.approx([s.nll for s in sequential], rel=1e-6)
+
+
+def test_output_layer_apart_equals_the_whole_model(micro_model, monkeypatch):
+    """Scoring from the body's states with the output layer run by chunks changes nothing."""
+    import evalkit.perplexity
+
+    model, tokenizer = load_model(micro_model, device="cpu")
+    assert evalkit.perplexity._head_split(model) is not None
+    apart = text_nll(model, tokenizer, TEXTS, batch_size=2)
+    monkeypatch.setattr(evalkit.perplexity, "_head_split", lambda model: None)
+    whole = text_nll(model, tokenizer, TEXTS, batch_size=2)
+    assert [s.nll for s in apart] == pytest.approx([s.nll for s in whole], rel=1e-6, abs=1e-6)
+
+
+def test_a_model_that_changes_its_logits_is_scored_whole(micro_model):
+    """Scaled logits (as Granite's ``logits_scaling``) are not the output layer's."""
+    model, tokenizer = load_model(micro_model, device="cpu")
+    plain = text_nll(model, tokenizer, TEXTS[:4])
+    forward = model.forward
+
+    def scaled(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.logits = out.logits / 2.0
+        return out
+
+    model.forward = scaled
+    sequences = encode_texts(tokenizer, TEXTS[:4])
+    scores = sequence_nll(model, sequences, max_length=64)
+    for seq, (nll, count) in zip(sequences, scores):
+        per_token = _per_token_nll(model, seq, 64, 64)
+        assert count == len(seq) - 1
+        assert nll == pytest.approx(sum(per_token.values()), rel=1e-5)
+    assert scores[0][0] != pytest.approx(plain[0].nll, rel=0.01)
+
+
+def test_module_entry_prints_the_aggregates(micro_model, tmp_path, capsys):
+    import json
+
+    from evalkit.perplexity import main
+
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps({"body": t}) + "\n" for t in TEXTS))
+    main([str(micro_model), str(data), "--field", "body", "--device", "cpu"])
+    printed = json.loads(capsys.readouterr().out)
+    model, tokenizer = load_model(micro_model, device="cpu")
+    scores = text_nll(model, tokenizer, TEXTS)
+    nll, words, nbytes = ([getattr(s, f) for s in scores] for f in ("nll", "words", "bytes"))
+    assert printed["texts"] == len(TEXTS)
+    assert printed["tokens"] == sum(s.tokens for s in scores)
+    assert printed["word_perplexity"] == pytest.approx(word_perplexity(nll, words))
+    assert printed["bits_per_byte"] == pytest.approx(bits_per_byte(nll, nbytes))
