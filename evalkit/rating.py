@@ -118,38 +118,35 @@ SCHEMA = (
 # A lease is open until a rating or a skip closes it, and live while open and unexpired.
 LIVE = "{l}.closed_at IS NULL AND {l}.expires_at > $now"
 
-# One statement for a claim: the item of the annotator's live lease (a refresh), or else the
-# first $candidates items for them in order; no row when the annotator is unknown. Gold is
-# served when due: an annotator's (n + 1)-th item is gold while fewer than (n + 1) // $gold_every
-# of their n items so far were.
-CLAIM = f"""
-WITH mine AS (
-    SELECT item_id, gold, {LIVE.format(l="l")} AS live FROM rating_leases l
-    WHERE annotator = $annotator
-), me AS (
-    SELECT count(*) AS served, count(*) FILTER (WHERE gold) AS gold_served,
-           min(item_id) FILTER (WHERE live) AS held
-    FROM mine
-), live AS (
-    SELECT item_id, count(*) AS n FROM rating_leases l WHERE {LIVE.format(l="l")}
-    GROUP BY item_id
-), next AS (
-    SELECT i.item_id, i.gold IS NOT NULL AS gold, i.done > 0 AS started, i.priority,
-           hash(i.item_id, $annotator, $seed) AS tiebreak
-    FROM rating_items i LEFT JOIN live USING (item_id), me
-    WHERE me.held IS NULL AND i.item_id NOT IN (SELECT item_id FROM mine)
-      AND CASE WHEN i.gold IS NULL THEN i.done + coalesce(live.n, 0) < i.overlap
-               ELSE $gold_every > 0 AND me.gold_served < (me.served + 1) // $gold_every END
-    ORDER BY gold DESC, started DESC, i.priority DESC, tiebreak
-    LIMIT $candidates
-)
-SELECT me.held IS NOT NULL, i.item_id, i.version, i.gold IS NOT NULL, i.kind, i.prompt,
-       i.response_a, i.response_b
-FROM rating_annotators a CROSS JOIN me
-LEFT JOIN next ON true
-LEFT JOIN rating_items i ON i.item_id = coalesce(me.held, next.item_id)
-WHERE a.annotator = $annotator
-ORDER BY next.gold DESC, next.started DESC, next.priority DESC, next.tiebreak
+# What a claim knows of the annotator: how many items (and gold items) they were served, and
+# the item of their live lease, if any.
+ANNOTATOR_STATE = f"""
+SELECT count(*), count(*) FILTER (WHERE gold), min(item_id) FILTER (WHERE {LIVE.format(l="l")})
+FROM rating_leases l WHERE annotator = $annotator
+"""
+
+# The item of a lease, shown again on a refresh.
+LEASED = """
+SELECT i.item_id, i.kind, i.prompt, i.response_a, i.response_b, l.expires_at
+FROM rating_leases l JOIN rating_items i USING (item_id)
+WHERE l.item_id = $item AND l.annotator = $annotator
+"""
+
+# The first $candidates items for an annotator, in serving order: gold when due, then items
+# already started, then priority, then a seeded random order. An item qualifies when the
+# annotator was never served it and its ratings plus live leases leave room for one more.
+CANDIDATES_QUERY = f"""
+SELECT i.item_id, i.version, i.gold IS NOT NULL, i.kind, i.prompt, i.response_a, i.response_b
+FROM rating_items i LEFT JOIN (
+    SELECT item_id, count(*) FILTER (WHERE {LIVE.format(l="l")}) AS live,
+           bool_or(annotator = $annotator) AS mine
+    FROM rating_leases l GROUP BY item_id
+) l USING (item_id)
+WHERE NOT coalesce(l.mine, false)
+  AND CASE WHEN i.gold IS NULL THEN i.done + coalesce(l.live, 0) < i.overlap ELSE $gold_due END
+ORDER BY i.gold IS NOT NULL DESC, i.done > 0 DESC, i.priority DESC,
+         hash(i.item_id, $annotator, $seed)
+LIMIT $candidates
 """
 
 # What a submission is checked against: the item and the annotator's lease on it.
@@ -418,27 +415,32 @@ def claim_next(
     """
     config = config or QueueConfig()
 
-    def read() -> tuple[datetime, list[tuple]]:
-        params = {"now": utc_now(), "annotator": annotator, "gold_every": config.gold_every}
-        rows = con.execute(CLAIM, {**params, "seed": config.seed, "candidates": CANDIDATES})
-        rows = rows.fetchall()
-        if not rows:
-            _unknown_annotator(annotator)
+    def read() -> tuple[datetime, Assignment | None, list[tuple]]:
+        now = utc_now()
+        served, gold_served, held = con.execute(
+            ANNOTATOR_STATE, {"now": now, "annotator": annotator}
+        ).fetchone()
+        if held is not None:
+            *shown, expires_at = con.execute(
+                LEASED, {"item": held, "annotator": annotator}
+            ).fetchone()
+            return now, _assignment(*shown, expires_at), []
+        if served == 0:
+            _check_annotator(con, annotator)
+        # Gold is due when fewer than (n + 1) // gold_every of the annotator's n items were gold.
+        gold_due = config.gold_every > 0 and gold_served < (served + 1) // config.gold_every
+        params = {"now": now, "annotator": annotator, "gold_due": gold_due}
+        rows = con.execute(
+            CANDIDATES_QUERY, {**params, "seed": config.seed, "candidates": CANDIDATES}
+        ).fetchall()
         # The lease starts once the read is done: whatever it saw had happened by then.
-        return utc_now(), rows
+        return utc_now(), None, rows
 
-    def write(state: tuple[datetime, list[tuple]]) -> Assignment | None:
-        now, rows = state
-        refresh, item_id, _, _, kind, prompt, response_a, response_b = rows[0]
-        if item_id is None:
-            return None
-        if refresh:
-            expires_at = con.execute(
-                "SELECT expires_at FROM rating_leases WHERE item_id = ? AND annotator = ?",
-                [item_id, annotator],
-            ).fetchone()[0]
-            return Assignment(item_id, kind, json.loads(prompt), response_a, response_b, expires_at)
-        for _, item_id, version, gold, kind, prompt, response_a, response_b in rows:
+    def write(state: tuple[datetime, Assignment | None, list[tuple]]) -> Assignment | None:
+        now, held, rows = state
+        if held is not None or not rows:
+            return held
+        for item_id, version, gold, *shown in rows:
             # The row is updated only if no claim (nor late rating) of the item committed since it
             # was read; one committing concurrently makes this update conflict.
             if con.execute(
@@ -450,12 +452,14 @@ def claim_next(
                     "INSERT INTO rating_leases VALUES (?, ?, ?, ?, ?, ?, NULL)",
                     [uuid.uuid4().hex, item_id, annotator, gold, now, expires_at],
                 )
-                return Assignment(
-                    item_id, kind, json.loads(prompt), response_a, response_b, expires_at
-                )
+                return _assignment(item_id, *shown, expires_at)
         raise _Changed("every candidate was claimed meanwhile")
 
     return _retrying(con, write, read)
+
+
+def _assignment(item_id, kind, prompt, response_a, response_b, expires_at) -> Assignment:
+    return Assignment(item_id, kind, json.loads(prompt), response_a, response_b, expires_at)
 
 
 def _item_full(con, item_id: str, annotator: str, now: datetime) -> bool:
@@ -483,8 +487,7 @@ def submit(
     rating_id = uuid.uuid4().hex
     counted = rating.skip_reason is None
 
-    def attempt() -> str | None:
-        now = utc_now()
+    def read() -> tuple | str:
         state = con.execute(SUBMISSION_STATE, {"annotator": annotator, "item": item_id}).fetchone()
         if state is None:
             raise EvalkitError(
@@ -501,11 +504,23 @@ def submit(
                 f"{annotator} already rated or skipped item {item_id} at "
                 f"{closed_at:%Y-%m-%d %H:%M:%S} UTC: a rating is counted once"
             )
+        return kind, response_a, lease_id, claimed_at, expires_at
+
+    def write(state: tuple | str) -> str | None:
+        if isinstance(state, str):
+            return state
+        kind, response_a, lease_id, claimed_at, expires_at = state
+        now = utc_now()
         if counted and expires_at <= now and _item_full(con, item_id, annotator, now):
             return (
                 f"the lease of {annotator} on item {item_id} expired at "
                 f"{expires_at:%Y-%m-%d %H:%M:%S} UTC and the item went to another annotator"
             )
+        if not con.execute(
+            "UPDATE rating_leases SET closed_at = ? WHERE lease_id = ? AND closed_at IS NULL",
+            [now, lease_id],
+        ).fetchone()[0]:
+            raise _Changed("the lease was closed meanwhile")
         if counted:
             # A late rating takes a place claims could see as free: it changes the version, so
             # a claim that read the item before cannot also take that place.
@@ -513,7 +528,6 @@ def submit(
                 "UPDATE rating_items SET done = done + 1, version = version + ? WHERE item_id = ?",
                 [int(expires_at <= now), item_id],
             )
-        con.execute("UPDATE rating_leases SET closed_at = ? WHERE lease_id = ?", [now, lease_id])
         elapsed = (
             shown_ms if shown_ms is not None else (now - claimed_at) // timedelta(milliseconds=1)
         )
@@ -539,7 +553,7 @@ def submit(
         )
         return None
 
-    refusal = _retrying(con, attempt)
+    refusal = _retrying(con, write, read)
     if refusal is None:
         return rating_id
 
