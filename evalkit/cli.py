@@ -225,6 +225,11 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     )
     with open_store(store) as con:
         run = get_run(con, run_id)
+        queued = None
+        if any(t.get("type") == "rating_sample" for t in run["suite"].get("tasks", [])):
+            queued = con.execute(
+                "SELECT count(*) FROM rating_items WHERE batch = ?", [run_id]
+            ).fetchone()[0]
     print(f"run {run_id} complete ({run['suite_name']}, model {run['model_hash'][:12]})")
     for task, values in run["summary"].items():
         if isinstance(values, dict):
@@ -232,6 +237,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
                 f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float | int)
             )
             print(f"  {task}: {shown}")
+    if queued is not None:
+        print(f"  queued {queued} responses for rating (`evalkit rate status`)")
 
 
 def _cmd_runs(args: argparse.Namespace) -> None:

@@ -105,23 +105,30 @@ def _metadata_slice(field: str | None):
     return slice_of
 
 
-def _run_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict]:
+def _run_rows(
+    con: duckdb.DuckDBPyConnection, run_id: str, tasks: list[str] | None = None
+) -> list[dict]:
     rows = con.execute(
         "SELECT task, example_id, prompt, output, metadata FROM eval_examples "
-        "WHERE run_id = ? AND output IS NOT NULL ORDER BY task, example_id",
-        [run_id],
+        "WHERE run_id = ? AND output IS NOT NULL AND (? IS NULL OR list_contains(?, task)) "
+        "ORDER BY task, example_id",
+        [run_id, tasks, tasks],
     )
     names = [d[0] for d in rows.description]
     return [dict(zip(names, row)) for row in rows.fetchall()]
 
 
 def items_from_run(
-    con: duckdb.DuckDBPyConnection, run: str, selection: Selection | None = None
+    con: duckdb.DuckDBPyConnection,
+    run: str,
+    selection: Selection | None = None,
+    *,
+    tasks: list[str] | None = None,
 ) -> list[Item]:
-    """Items from the generated responses of a complete evaluation run."""
+    """Items from the generated responses of a complete evaluation run (of ``tasks``: all)."""
     selection = selection or Selection()
     run_id = complete_run(con, run)["run_id"]
-    rows = _run_rows(con, run_id)
+    rows = _run_rows(con, run_id, tasks)
     if not rows:
         raise EvalkitError(
             f"run {run_id} has no generated responses to rate",

@@ -340,6 +340,8 @@ def run_suite(
     try:
         for task in suite.tasks:
             rows = examples.get(task.dataset, [])
+            if task.type == "rating_sample":
+                continue  # queued once the run is complete
             if task.type == "perplexity":
                 results = run_perplexity(model, tokenizer, task, rows, batch_size)
             elif task.type == "bias":
@@ -359,4 +361,29 @@ def run_suite(
     summary["cached_generations"] = cache.hits
     with open_store(store) as con:
         finish_run(con, run_id, summary=summary)
+    queue_rating_samples(store, run_id, suite)
     return run_id
+
+
+def queue_rating_samples(store: Path, run_id: str, suite: Suite) -> int:
+    """Queue the samples for human rating that the suite asks of a complete run.
+
+    Each ``rating_sample`` task draws from the responses of the generation tasks on its dataset;
+    the items' batch is the run id. Returns how many items were new.
+    """
+    from evalkit.rating import add_items
+    from evalkit.rating_sources import Selection, items_from_run
+
+    added = 0
+    for task in suite.tasks:
+        if task.type != "rating_sample":
+            continue
+        generating = [
+            t.name for t in suite.tasks if t.type == "generation" and t.dataset == task.dataset
+        ]
+        selection = Selection(**{"seed": suite.seed, **task.params})
+        with open_store(store) as con:
+            items = items_from_run(con, run_id, selection, tasks=generating)
+            added += add_items(con, items, batch=run_id)
+        log.info("task %s: queued %d items for rating", task.name, len(items))
+    return added

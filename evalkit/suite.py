@@ -27,6 +27,14 @@ Example::
     # probes = "crows_pairs.csv"    # or a CrowS-Pairs CSV / StereoSet JSON, relative to the suite
     # kind = "generation"           # prompt pairs: length, refusal, sentiment, toxic terms
 
+    [[tasks]]
+    type = "rating_sample"          # queue generated responses for human rating, once the run
+    dataset = "support"             # is complete: those of the generation tasks on this dataset
+    per_slice = 10                  # optional: items drawn per slice (default: all)
+    slice_field = "topic"           # optional: the metadata field that makes the slices
+    overlap = 2                     # optional: distinct annotators per item (default 1)
+    # priority = 0, kind = "single" (or "correction"), seed (default: the suite's)
+
 The suite hash covers the definition and the bytes of every dataset, so two runs share a hash
 only when they measured the same thing.
 """
@@ -41,7 +49,8 @@ from pathlib import Path
 
 from evalkit.errors import EvalkitError
 
-TASK_TYPES = ("perplexity", "generation", "bias")
+TASK_TYPES = ("perplexity", "generation", "bias", "rating_sample")
+RATING_SAMPLE_KEYS = ("kind", "slice_field", "per_slice", "seed", "priority", "overlap")
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,9 @@ def load_suite(path: str | Path) -> Suite:
         tasks.append(TaskSpec(name, kind, dataset, spec))
     if not tasks:
         raise EvalkitError(f"suite {path} defines no [[tasks]]")
+    for task in tasks:
+        if task.type == "rating_sample":
+            _check_rating_sample(path, task, tasks)
     names = [t.name for t in tasks]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
@@ -153,6 +165,28 @@ def load_suite(path: str | Path) -> Suite:
         int(definition.get("seed", 0)),
         definition,
     )
+
+
+def _check_rating_sample(path: Path, task: TaskSpec, tasks: list[TaskSpec]) -> None:
+    """A rating sample needs generated responses and takes only the queue's selection keys."""
+    if not any(t.type == "generation" and t.dataset == task.dataset for t in tasks):
+        raise EvalkitError(
+            f"suite {path}: task {task.name} samples dataset {task.dataset!r} for rating, "
+            "but no generation task runs on it",
+            hint="add a [[tasks]] of type generation on that dataset",
+        )
+    unknown = sorted(set(task.params) - set(RATING_SAMPLE_KEYS))
+    if unknown:
+        raise EvalkitError(
+            f"suite {path}: task {task.name} has unknown key(s) {', '.join(unknown)}",
+            hint=f"a rating sample takes {', '.join(RATING_SAMPLE_KEYS)}",
+        )
+    from evalkit.rating_sources import Selection
+
+    try:
+        Selection(**task.params)
+    except (EvalkitError, TypeError) as exc:
+        raise EvalkitError(f"suite {path}: task {task.name}: {exc}") from None
 
 
 def _probe_file(suite: Path, given: str | None) -> str:

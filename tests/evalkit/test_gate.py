@@ -31,6 +31,23 @@ no_repeat_ngram_size = 3
 [[tasks]]
 type = "bias"
 """
+RATING_SUITE = """
+name = "support-rating"
+[datasets.conv]
+path = "conv.jsonl"
+[[tasks]]
+type = "generation"
+dataset = "conv"
+max_new_tokens = 10
+repetition_penalty = 1.3
+no_repeat_ngram_size = 3
+[[tasks]]
+type = "rating_sample"
+dataset = "conv"
+per_slice = 2
+slice_field = "topic"
+overlap = 2
+"""
 GATE = """
 n_resamples = 1000
 [[rules]]
@@ -196,6 +213,32 @@ def test_a_different_chat_template_fails(runs, suite, micro_model, tmp_path):
     assert check["verdict"] == "fail"
 
 
+def test_a_suite_queues_a_sample_for_rating(runs, suite, micro_model, capsys):
+    """Two responses per topic go to the rating queue once the run is complete."""
+    (suite / "rating.toml").write_text(RATING_SUITE)
+    assert _eval(runs, micro_model, suite / "rating.toml", "rated") == 0
+    assert "queued" in capsys.readouterr().out
+    topics = [json.loads(line)["topic"] for line in (suite / "conv.jsonl").open()]
+    with open_store(runs / "evalkit.duckdb") as con:
+        run = get_run(con, "rated")
+        items = con.execute(
+            "SELECT slice, overlap, source, response_a, batch FROM rating_items "
+            "WHERE batch = ? ORDER BY slice",
+            [run["run_id"]],
+        ).fetchall()
+        outputs = dict(
+            con.execute(
+                "SELECT example_id, output FROM eval_examples WHERE run_id = ?", [run["run_id"]]
+            ).fetchall()
+        )
+    per_topic = {t: min(2, topics.count(t)) for t in topics}
+    assert [i[0] for i in items] == sorted(t for t, n in per_topic.items() for _ in range(n))
+    for _, overlap, source, response, _ in items:
+        source = json.loads(source)
+        assert overlap == 2 and source["run"] == run["run_id"]
+        assert source["task"] == "generation:conv" and response == outputs[source["example_id"]]
+
+
 def test_bad_suites_name_the_problem(workspace, suite, micro_model, model_without_template, capsys):
     cases = {
         "missing": ("[datasets.x]\npath = 'nowhere.jsonl'\n[[tasks]]\ntype='perplexity'\n"
@@ -204,6 +247,11 @@ def test_bad_suites_name_the_problem(workspace, suite, micro_model, model_withou
                   "dataset='x'\n", "is empty"),
         "unknown": ("[[tasks]]\ntype='perplexity'\ndataset='x'\n", "names dataset 'x'"),
         "type": ("[[tasks]]\ntype='bleu'\n", "has type 'bleu'"),
+        "rate": ("[datasets.x]\npath = 'conv.jsonl'\n[[tasks]]\ntype='rating_sample'\n"
+                 "dataset='x'\n", "no generation task runs on it"),
+        "rate-key": ("[datasets.x]\npath = 'conv.jsonl'\n[[tasks]]\ntype='generation'\n"
+                     "dataset='x'\n[[tasks]]\ntype='rating_sample'\ndataset='x'\nper_topic=2\n",
+                     "unknown key(s) per_topic"),
     }  # fmt: skip
     (suite / "empty.jsonl").write_text("")
     for name, (text, message) in cases.items():
