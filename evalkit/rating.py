@@ -32,9 +32,9 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import duckdb
 
@@ -119,9 +119,10 @@ SCHEMA = (
 LIVE = "{l}.closed_at IS NULL AND {l}.expires_at > $now"
 
 # What a claim knows of the annotator: how many items (and gold items) they were served, and
-# the item of their live lease, if any.
+# the item of their live lease, if any, other than the one they are submitting ($submitting).
 ANNOTATOR_STATE = f"""
-SELECT count(*), count(*) FILTER (WHERE gold), min(item_id) FILTER (WHERE {LIVE.format(l="l")})
+SELECT count(*), count(*) FILTER (WHERE gold),
+       min(item_id) FILTER (WHERE {LIVE.format(l="l")} AND item_id IS DISTINCT FROM $submitting)
 FROM rating_leases l WHERE annotator = $annotator
 """
 
@@ -406,37 +407,43 @@ def set_gold(
     )
 
 
-def claim_next(
-    con: duckdb.DuckDBPyConnection, annotator: str, config: QueueConfig | None = None
-) -> Assignment | None:
-    """Lease the next item to ``annotator``; None when nothing is left for them.
+@dataclass(frozen=True)
+class _Claim:
+    """A claim in two steps: what it reads outside the transaction, what it writes inside."""
 
-    Claiming again while the lease is live returns the same item (a page refresh).
-    """
-    config = config or QueueConfig()
+    annotator: str
+    config: QueueConfig
+    submitting: str | None = None  # the item being submitted in the same transaction
 
-    def read() -> tuple[datetime, Assignment | None, list[tuple]]:
+    def read(self, con: duckdb.DuckDBPyConnection) -> tuple[datetime, Assignment | None, list]:
         now = utc_now()
         served, gold_served, held = con.execute(
-            ANNOTATOR_STATE, {"now": now, "annotator": annotator}
+            ANNOTATOR_STATE,
+            {"now": now, "annotator": self.annotator, "submitting": self.submitting},
         ).fetchone()
         if held is not None:
             *shown, expires_at = con.execute(
-                LEASED, {"item": held, "annotator": annotator}
+                LEASED, {"item": held, "annotator": self.annotator}
             ).fetchone()
             return now, _assignment(*shown, expires_at), []
         if served == 0:
-            _check_annotator(con, annotator)
+            _check_annotator(con, self.annotator)
         # Gold is due when fewer than (n + 1) // gold_every of the annotator's n items were gold.
-        gold_due = config.gold_every > 0 and gold_served < (served + 1) // config.gold_every
-        params = {"now": now, "annotator": annotator, "gold_due": gold_due}
-        rows = con.execute(
-            CANDIDATES_QUERY, {**params, "seed": config.seed, "candidates": CANDIDATES}
-        ).fetchall()
+        every = self.config.gold_every
+        params = {
+            "now": now,
+            "annotator": self.annotator,
+            "gold_due": every > 0 and gold_served < (served + 1) // every,
+            "seed": self.config.seed,
+            "candidates": CANDIDATES,
+        }
+        rows = con.execute(CANDIDATES_QUERY, params).fetchall()
         # The lease starts once the read is done: whatever it saw had happened by then.
         return utc_now(), None, rows
 
-    def write(state: tuple[datetime, Assignment | None, list[tuple]]) -> Assignment | None:
+    def write(
+        self, con: duckdb.DuckDBPyConnection, state: tuple[datetime, Assignment | None, list]
+    ) -> Assignment | None:
         now, held, rows = state
         if held is not None or not rows:
             return held
@@ -447,15 +454,24 @@ def claim_next(
                 "UPDATE rating_items SET version = version + 1 WHERE item_id = ? AND version = ?",
                 [item_id, version],
             ).fetchone()[0]:
-                expires_at = now + timedelta(seconds=config.lease_ttl_s)
+                expires_at = now + timedelta(seconds=self.config.lease_ttl_s)
                 con.execute(
                     "INSERT INTO rating_leases VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                    [uuid.uuid4().hex, item_id, annotator, gold, now, expires_at],
+                    [uuid.uuid4().hex, item_id, self.annotator, gold, now, expires_at],
                 )
                 return _assignment(item_id, *shown, expires_at)
         raise _Changed("every candidate was claimed meanwhile")
 
-    return _retrying(con, write, read)
+
+def claim_next(
+    con: duckdb.DuckDBPyConnection, annotator: str, config: QueueConfig | None = None
+) -> Assignment | None:
+    """Lease the next item to ``annotator``; None when nothing is left for them.
+
+    Claiming again while the lease is live returns the same item (a page refresh).
+    """
+    claim = _Claim(annotator, config or QueueConfig())
+    return _retrying(con, lambda state: claim.write(con, state), lambda: claim.read(con))
 
 
 def _assignment(item_id, kind, prompt, response_a, response_b, expires_at) -> Assignment:
@@ -467,27 +483,21 @@ def _item_full(con, item_id: str, annotator: str, now: datetime) -> bool:
     return con.execute(ITEM_FULL, params).fetchone()[0]
 
 
-def submit(
-    con: duckdb.DuckDBPyConnection,
-    annotator: str,
-    item_id: str,
-    rating: Rating,
-    *,
-    rubric: Rubric | None = None,
-    shown_ms: int | None = None,
-    app_version: str = __version__,
-) -> str:
-    """Store ``annotator``'s rating of a leased item; returns the rating id.
+@dataclass(frozen=True)
+class _Submission:
+    """A rating to store, in two steps like a claim, and kept aside when refused."""
 
-    ``shown_ms`` is how long the app showed the item (default: the time since it was claimed).
-    A rating that cannot be counted (no lease, already rated, lease expired and passed on) is
-    refused with an :class:`EvalkitError` and kept in ``rating_refused``.
-    """
-    rubric = rubric or load_rubric()
-    rating_id = uuid.uuid4().hex
-    counted = rating.skip_reason is None
+    annotator: str
+    item_id: str
+    rating: Rating
+    rubric: Rubric
+    shown_ms: int | None
+    app_version: str
+    rating_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    def read() -> tuple | str:
+    def read(self, con: duckdb.DuckDBPyConnection) -> tuple | str:
+        """The lease to close, or why there is none."""
+        annotator, item_id = self.annotator, self.item_id
         state = con.execute(SUBMISSION_STATE, {"annotator": annotator, "item": item_id}).fetchone()
         if state is None:
             raise EvalkitError(
@@ -495,7 +505,7 @@ def submit(
                 hint="`evalkit rate status` shows the queue",
             )
         kind, response_a, lease_id, claimed_at, expires_at, closed_at = state
-        rating.check(kind, rubric)
+        self.rating.check(kind, self.rubric)
         if lease_id is None:
             _check_annotator(con, annotator)
             return f"item {item_id} was never served to {annotator}: claim it first"
@@ -506,10 +516,13 @@ def submit(
             )
         return kind, response_a, lease_id, claimed_at, expires_at
 
-    def write(state: tuple | str) -> str | None:
+    def write(self, con: duckdb.DuckDBPyConnection, state: tuple | str) -> str | None:
+        """Store the rating; returns why it was refused, or None."""
         if isinstance(state, str):
             return state
         kind, response_a, lease_id, claimed_at, expires_at = state
+        annotator, item_id, rating = self.annotator, self.item_id, self.rating
+        counted = rating.skip_reason is None
         now = utc_now()
         if counted and expires_at <= now and _item_full(con, item_id, annotator, now):
             return (
@@ -528,13 +541,13 @@ def submit(
                 "UPDATE rating_items SET done = done + 1, version = version + ? WHERE item_id = ?",
                 [int(expires_at <= now), item_id],
             )
-        elapsed = (
-            shown_ms if shown_ms is not None else (now - claimed_at) // timedelta(milliseconds=1)
-        )
+        shown_ms = self.shown_ms
+        if shown_ms is None:
+            shown_ms = (now - claimed_at) // timedelta(milliseconds=1)
         con.execute(
             "INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                rating_id,
+                self.rating_id,
                 lease_id,
                 item_id,
                 annotator,
@@ -544,37 +557,85 @@ def submit(
                 response_a if kind == "correction" and counted else None,
                 rating.corrected,
                 rating.skip_reason,
-                elapsed,
-                rubric.version,
-                app_version,
+                shown_ms,
+                self.rubric.version,
+                self.app_version,
                 claimed_at,
                 now,
             ],
         )
         return None
 
-    refusal = _retrying(con, write, read)
-    if refusal is None:
-        return rating_id
-
-    def keep() -> None:
-        con.execute(
-            "INSERT INTO rating_refused VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                item_id,
-                annotator,
-                json.dumps(asdict(rating)),
-                refusal,
-                shown_ms,
-                rubric.version,
-                app_version,
-                utc_now(),
-            ],
+    def refuse(self, con: duckdb.DuckDBPyConnection, refusal: str) -> NoReturn:
+        """Keep the refused rating in ``rating_refused`` and say why it was not counted."""
+        row = [
+            self.item_id,
+            self.annotator,
+            json.dumps(asdict(self.rating)),
+            refusal,
+            self.shown_ms,
+            self.rubric.version,
+            self.app_version,
+            utc_now(),
+        ]
+        _retrying(
+            con,
+            lambda: con.execute(f"INSERT INTO rating_refused VALUES ({', '.join('?' * 8)})", row),
+        )
+        raise EvalkitError(
+            f"rating refused: {refusal}",
+            hint="it was not counted; its text is kept in the store (rating_refused), "
+            "so nothing is lost. Claim the next item.",
         )
 
-    _retrying(con, keep)
-    raise EvalkitError(
-        f"rating refused: {refusal}",
-        hint="it was not counted; its text is kept in the store (rating_refused), "
-        "so nothing is lost. Claim the next item.",
-    )
+
+def submit(
+    con: duckdb.DuckDBPyConnection,
+    annotator: str,
+    item_id: str,
+    rating: Rating,
+    *,
+    rubric: Rubric | None = None,
+    shown_ms: int | None = None,
+    app_version: str = __version__,
+) -> str:
+    """Store ``annotator``'s rating of a leased item; returns the rating id.
+
+    ``shown_ms`` is how long the app showed the item (default: the time since it was claimed).
+    A rating that cannot be counted (no lease, already rated, lease expired and passed on) is
+    refused with an :class:`EvalkitError` and kept in ``rating_refused``.
+    """
+    sub = _Submission(annotator, item_id, rating, rubric or load_rubric(), shown_ms, app_version)
+    refusal = _retrying(con, lambda state: sub.write(con, state), lambda: sub.read(con))
+    if refusal is not None:
+        sub.refuse(con, refusal)
+    return sub.rating_id
+
+
+def submit_and_claim(
+    con: duckdb.DuckDBPyConnection,
+    annotator: str,
+    item_id: str,
+    rating: Rating,
+    config: QueueConfig | None = None,
+    *,
+    rubric: Rubric | None = None,
+    shown_ms: int | None = None,
+    app_version: str = __version__,
+) -> tuple[str, Assignment | None]:
+    """:func:`submit`, then :func:`claim_next`, in one transaction: what the app calls once an
+    item is rated. Returns the rating id and the next item (None when nothing is left).
+
+    One commit instead of two; a refused rating claims nothing and raises as :func:`submit`.
+    """
+    sub = _Submission(annotator, item_id, rating, rubric or load_rubric(), shown_ms, app_version)
+    claim = _Claim(annotator, config or QueueConfig(), submitting=item_id)
+
+    def write(state: tuple) -> tuple[str | None, Assignment | None]:
+        refusal = sub.write(con, state[0])
+        return refusal, None if refusal else claim.write(con, state[1])
+
+    refusal, got = _retrying(con, write, lambda: (sub.read(con), claim.read(con)))
+    if refusal is not None:
+        sub.refuse(con, refusal)
+    return sub.rating_id, got

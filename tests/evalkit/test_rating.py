@@ -12,6 +12,7 @@ from evalkit.rating import (
     claim_next,
     set_gold,
     submit,
+    submit_and_claim,
 )
 from evalkit.rating_report import annotator_report, gold_correct, load_ratings, queue_status
 from evalkit.rubric import Rating, load_rubric
@@ -140,6 +141,25 @@ def test_a_second_submission_is_refused_not_counted(con):
     with pytest.raises(EvalkitError, match="never served to bob"):
         submit(con, "bob", got.item_id, Rating(thumbs="down"))
     assert len(load_ratings(con)) == 1 and queue_status(con)["refused"] == 2
+
+
+def test_submit_and_claim_rates_and_serves_the_next_item_at_once(con):
+    first, second = _item(1, priority=2), _item(2, priority=1)
+    add_items(con, [first, second])
+    assert claim_next(con, "ann", NO_GOLD).item_id == first.item_id
+    rating_id, got = submit_and_claim(con, "ann", first.item_id, Rating(thumbs="up"), NO_GOLD)
+    assert got.item_id == second.item_id
+    assert claim_next(con, "ann", NO_GOLD).item_id == second.item_id  # leased: a refresh
+    assert con.execute("SELECT item_id FROM ratings WHERE rating_id = ?", [rating_id]).fetchone()
+    assert submit_and_claim(con, "ann", second.item_id, Rating(thumbs="up"), NO_GOLD)[1] is None
+    # Refused (already rated): nothing is claimed, the rating is kept aside.
+    add_items(con, [_item(3)])
+    with pytest.raises(EvalkitError, match="already rated"):
+        submit_and_claim(con, "ann", first.item_id, Rating(thumbs="down"), NO_GOLD)
+    assert con.execute("SELECT count(*) FROM rating_leases WHERE annotator = 'ann'").fetchone() == (
+        2,
+    )
+    assert con.execute("SELECT count(*) FROM rating_refused").fetchone() == (1,)
 
 
 def test_every_rating_records_who_when_how_long_and_versions(con):

@@ -14,6 +14,7 @@ from evalkit.rating import (
     claim_next,
     set_gold,
     submit,
+    submit_and_claim,
     utc_now,
 )
 from evalkit.rubric import Rating, load_rubric
@@ -55,19 +56,20 @@ def _annotator(path, name, seed, record, errors):
     config = QueueConfig(lease_ttl_s=TTL_S, gold_every=7, seed=1)
     rubric = load_rubric()
     visitors = [f"{name}/visitor-{k}" for k in range(VISITORS)]
-    left = []
+    left, got = [], None
     try:
         for _ in range(CLAIMS_PER_THREAD):
             if visitors and rng.random() < 0.02:  # claims, walks away, comes back after the TTL
                 visitor = visitors.pop()
-                got = claim_next(con, visitor, config)
+                leased = claim_next(con, visitor, config)
                 record["claims"].append(visitor)
-                left.append((visitor, got.item_id))
+                left.append((visitor, leased.item_id))
                 continue
-            got = claim_next(con, name, config)
-            record["claims"].append(name)
             if got is None:
-                break
+                got = claim_next(con, name, config)
+                record["claims"].append(name)
+                if got is None:
+                    break
             if rng.random() < 0.05:  # a page refresh hands back the same item
                 live = utc_now() < got.expires_at
                 again = claim_next(con, name, config)
@@ -75,7 +77,15 @@ def _annotator(path, name, seed, record, errors):
                 if live and utc_now() < got.expires_at and again.item_id != got.item_id:
                     errors.append(f"{name}: refresh gave {again.item_id}, not {got.item_id}")
             rating = Rating(skip_reason="unsure") if rng.random() < 0.06 else Rating(thumbs="up")
-            _submit(con, name, got.item_id, rating, rubric, record)
+            if rng.random() < 0.5:  # the app's call: rate, and get the next item in one go
+                rating_id, got = submit_and_claim(
+                    con, name, got.item_id, rating, config, rubric=rubric
+                )
+                record["accepted"].append(rating_id)
+                record["claims"].append(name)
+            else:
+                _submit(con, name, got.item_id, rating, rubric, record)
+                got = None
         time.sleep(TTL_S * 1.2)
         for visitor, item_id in left:
             _submit(con, visitor, item_id, Rating(thumbs="down"), rubric, record)
