@@ -20,7 +20,9 @@ claim reads outside its transaction, then updates the item's row only if its ``v
 still the one it read, so two claims on one item never both commit on a stale count; the loser
 retries (the next candidate, or a fresh read) with back-off. Every counted rating updates the
 item's row too; one that arrives after its lease expired also changes the version. Refused
-submissions are kept in ``rating_refused``, so nothing a person typed is lost.
+submissions are kept in ``rating_refused``, so nothing a person typed is lost. (No ``UPDATE ...
+RETURNING`` here: in DuckDB 2.0 it raises no conflict with a concurrent update of the row, and
+one of the two updates is lost.)
 """
 
 from __future__ import annotations
