@@ -14,29 +14,33 @@ Invariants:
   them once); a rating whose lease expired and whose place went to someone else is refused;
 - one rating per lease (``UNIQUE (lease_id)`` on ratings): nothing is counted twice.
 
-DuckDB is optimistic: two transactions that update the same row conflict, and the second fails.
-An item's row counts its ratings (``done``); its live leases are counted from the leases. A
-claim reads outside its transaction, then updates the item's row only if its ``version`` is
-still the one it read, so two claims on one item never both commit on a stale count; the loser
-retries (the next candidate, or a fresh read) with back-off. Every counted rating updates the
-item's row too; one that arrives after its lease expired also changes the version. Refused
-submissions are kept in ``rating_refused``, so nothing a person typed is lost. (No ``UPDATE ...
-RETURNING`` here: in DuckDB 2.0 it raises no conflict with a concurrent update of the row, and
-one of the two updates is lost.)
+Leases and ratings are append-only: a lease is closed by the rating (or skip) that names it,
+and an item's count is its counted ratings. The process keeps the queue's state, a fold over
+those tables, in memory (:class:`_Queue`, one per store file), and its writers take turns on
+it: a claim decides in memory and writes one lease row, a submission one rating row, so an
+annotator waits for one short transaction, not for queries over the whole queue. Every write
+also replaces the token in ``rating_queue`` when it still holds the value this process last
+wrote: a write by another process (or connection around this module) changes the token, and
+the next write here reads the state again and decides again. Write the queue's tables through
+this module only. Refused submissions are kept in ``rating_refused``, so nothing a person
+typed is lost.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
 import random
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 import duckdb
 
@@ -46,13 +50,9 @@ from evalkit.rubric import Rating, Rubric, check_choice, load_rubric
 from evalkit.store import transaction
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 KINDS = ("single", "pair", "correction")
 CONFLICT_TIMEOUT_S = 10.0  # how long to retry write conflicts before giving up
-# Items a claim reads in order: when another annotator took the first meanwhile, the next is
-# tried in the same transaction instead of reading again.
-CANDIDATES = 8
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rating_annotators (
@@ -74,9 +74,7 @@ SCHEMA = (
         overlap INTEGER NOT NULL,
         gold JSON,
         batch VARCHAR,
-        created_at TIMESTAMP NOT NULL,
-        done INTEGER NOT NULL DEFAULT 0,
-        version INTEGER NOT NULL DEFAULT 0
+        created_at TIMESTAMP NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS rating_leases (
         lease_id VARCHAR PRIMARY KEY,
@@ -85,7 +83,6 @@ SCHEMA = (
         gold BOOLEAN NOT NULL,
         claimed_at TIMESTAMP NOT NULL,
         expires_at TIMESTAMP NOT NULL,
-        closed_at TIMESTAMP,
         UNIQUE (item_id, annotator)
     )""",
     """CREATE TABLE IF NOT EXISTS ratings (
@@ -115,59 +112,38 @@ SCHEMA = (
         app_version VARCHAR,
         refused_at TIMESTAMP NOT NULL
     )""",
+    # The last writer's token (see the module docstring): one row.
+    """CREATE TABLE IF NOT EXISTS rating_queue (
+        id INTEGER PRIMARY KEY,
+        token VARCHAR NOT NULL
+    )""",
+    "INSERT INTO rating_queue VALUES (0, 'new') ON CONFLICT DO NOTHING",
 )
 
-# A lease is open until a rating or a skip closes it, and live while open and unexpired.
-LIVE = "{l}.closed_at IS NULL AND {l}.expires_at > $now"
-
-# What a claim knows of the annotator: how many items (and gold items) they were served, and
-# the item of their live lease, if any, other than the one they are submitting ($submitting).
-ANNOTATOR_STATE = f"""
-SELECT count(*), count(*) FILTER (WHERE gold),
-       min(item_id) FILTER (WHERE {LIVE.format(l="l")} AND item_id IS DISTINCT FROM $submitting)
-FROM rating_leases l WHERE annotator = $annotator
+# Leases neither rated nor skipped, and not yet expired at $now.
+LIVE_LEASES = """
+SELECT count(*) FROM rating_leases l ANTI JOIN ratings r USING (lease_id)
+WHERE l.expires_at > $now
 """
 
-# The item of a lease, shown again on a refresh.
-LEASED = """
-SELECT i.item_id, i.kind, i.prompt, i.response_a, i.response_b, l.expires_at
-FROM rating_leases l JOIN rating_items i USING (item_id)
-WHERE l.item_id = $item AND l.annotator = $annotator
+# The queue's state: items, then leases with the rating that closed each (if any).
+LOAD_ITEMS = "SELECT item_id, kind, priority, overlap, gold IS NOT NULL FROM rating_items"
+LOAD_LEASES = """
+SELECT l.lease_id, l.item_id, l.annotator, l.gold, l.claimed_at, l.expires_at,
+       r.submitted_at, r.skip_reason IS NULL
+FROM rating_leases l LEFT JOIN ratings r USING (lease_id)
+ORDER BY l.claimed_at
 """
-
-# The first $candidates items for an annotator, in serving order: gold when due, then items
-# already started, then priority, then a seeded random order. An item qualifies when the
-# annotator was never served it and its ratings plus live leases leave room for one more.
-CANDIDATES_QUERY = f"""
-SELECT i.item_id, i.version, i.gold IS NOT NULL, i.kind, i.prompt, i.response_a, i.response_b
-FROM rating_items i LEFT JOIN (
-    SELECT item_id, count(*) FILTER (WHERE {LIVE.format(l="l")}) AS live,
-           bool_or(annotator = $annotator) AS mine
-    FROM rating_leases l GROUP BY item_id
-) l USING (item_id)
-WHERE NOT coalesce(l.mine, false)
-  AND CASE WHEN i.gold IS NULL THEN i.done + coalesce(l.live, 0) < i.overlap ELSE $gold_due END
-ORDER BY i.gold IS NOT NULL DESC, i.done > 0 DESC, i.priority DESC,
-         hash(i.item_id, $annotator, $seed)
-LIMIT $candidates
-"""
-
-# What a submission is checked against: the item and the annotator's lease on it.
-SUBMISSION_STATE = """
-SELECT i.kind, i.response_a, l.lease_id, l.claimed_at, l.expires_at, l.closed_at
-FROM rating_items i
-LEFT JOIN rating_leases l ON l.item_id = i.item_id AND l.annotator = $annotator
-WHERE i.item_id = $item
-"""
-
-# Whether an item has no room left for a late rating: its ratings plus others' live leases.
-ITEM_FULL = f"""
-SELECT i.gold IS NULL AND i.done + (
-    SELECT count(*) FROM rating_leases l
-    WHERE l.item_id = i.item_id AND l.annotator <> $annotator AND {LIVE.format(l="l")}
-) >= i.overlap
-FROM rating_items i WHERE i.item_id = $item
-"""
+SHOWN = "SELECT kind, prompt, response_a, response_b FROM rating_items WHERE item_id = ?"
+INSERT_LEASE = (
+    "INSERT INTO rating_leases (lease_id, item_id, annotator, gold, claimed_at, expires_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+INSERT_RATING = "INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+ITEM_COLUMNS = (
+    "item_id, kind, prompt, response_a, response_b, source_a, source_b, source, group_id, "
+    "slice, priority, overlap, gold, batch, created_at"
+)
 
 
 @dataclass(frozen=True)
@@ -253,76 +229,279 @@ def utc_now() -> datetime:
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     for statement in SCHEMA:
         con.execute(statement)
+    if not con.execute("SELECT count(*) FROM rating_queue").fetchone()[0]:
+        # A random first token: a store made anew at the same path is never taken for the old.
+        con.execute(
+            "INSERT INTO rating_queue VALUES (0, ?) ON CONFLICT DO NOTHING", [uuid.uuid4().hex]
+        )
 
 
-class _Changed(Exception):
-    """What was read has changed before the transaction could use it: read again."""
+@dataclass
+class _Lease:
+    lease_id: str
+    item_id: str
+    gold: bool
+    claimed_at: datetime
+    expires_at: datetime
+    closed_at: datetime | None = None  # when its rating or skip came
 
 
-def _retrying(
-    con: duckdb.DuckDBPyConnection,
-    write: Callable[..., T],
-    read: Callable[[], object] | None = None,
-) -> T:
-    """Run ``write`` in one transaction, again with back-off while it conflicts.
+@dataclass
+class _ItemState:
+    kind: str
+    priority: int
+    overlap: int
+    gold: bool
+    done: int = 0  # counted ratings
+    open: dict[str, datetime] = field(default_factory=dict)  # annotator -> expiry, open leases
 
-    ``read``, when given, runs first, outside the transaction, and ``write`` gets its result: a
-    long query then does not widen the window in which concurrent writes conflict. A conflict
-    retries ``write`` on the same result (it checks what it relies on); ``write`` raises
-    :class:`_Changed` to have ``read`` run again.
-    """
-    deadline = time.monotonic() + CONFLICT_TIMEOUT_S
-    delay = 0.001
-    args: tuple | None = None
-    while True:
-        try:
-            if args is None:
-                args = (read(),) if read else ()
-            with transaction(con):
-                return write(*args)
-        except (duckdb.TransactionException, duckdb.ConstraintException, _Changed) as exc:
-            if isinstance(exc, _Changed):
-                args = None
-            if time.monotonic() >= deadline:
-                raise EvalkitError(
-                    f"the rating queue stayed busy for {CONFLICT_TIMEOUT_S:.0f} s: {exc}",
-                    hint="try again; nothing was written",
-                ) from exc
-            log.debug("write conflict, retrying: %s", exc)
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 0.05)
-        except duckdb.CatalogException as exc:
-            raise EvalkitError(
-                "the store has no rating queue yet",
-                hint="queue items first: `evalkit rate enqueue ...`",
-            ) from exc
+    def has_room(self, now: datetime) -> bool:
+        """Whether its counted ratings and live leases leave a place (always, for gold)."""
+        live = sum(1 for expires in self.open.values() if expires > now)
+        return self.gold or self.done + live < self.overlap
+
+    @property
+    def bucket(self) -> tuple[bool, int]:
+        """Its place in the serving order after gold: started sets first, then by priority."""
+        return self.done > 0, self.priority
+
+
+@dataclass
+class _AnnotatorState:
+    leases: dict[str, _Lease] = field(default_factory=dict)  # every item served, by item
+    open: set[str] = field(default_factory=set)  # items leased, neither rated nor skipped
+    gold_served: int = 0
+
+
+@dataclass
+class _Plan:
+    """What an operation writes in one transaction, and what that changes in memory once
+    committed. A plan that writes nothing (a refusal, nothing left) is answered only once the
+    state is known to be current."""
+
+    result: object = None
+    writes: list[Callable[[duckdb.DuckDBPyConnection], object]] = field(default_factory=list)
+    applies: list[Callable[[], None]] = field(default_factory=list)
+
+    def then(self, other: _Plan, result: object) -> _Plan:
+        return _Plan(result, self.writes + other.writes, self.applies + other.applies)
+
+
+class _Stale(Exception):
+    """Another writer changed the queue since this process read it."""
+
+
+class _Queue:
+    """The queue's state in this process (a fold over the store's tables), and the lock its
+    writers take turns on."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.token: str | None = None  # None: read the state again before deciding
+        self.seed = 0
+        self.items: dict[str, _ItemState] = {}
+        self.annotators: dict[str, _AnnotatorState] = {}
+        self.known: set[str] = set()  # registered annotators
+        self.gold: list[tuple[int, str]] = []  # (order key, item id), sorted
+        self.buckets: dict[tuple[bool, int], list[tuple[int, str]]] = {}
+
+    def run(self, con: duckdb.DuckDBPyConnection, decide: Callable[[], _Plan]) -> object:
+        """Decide on the current state and write the plan, again while another writer
+        intervenes (then on the state read anew)."""
+        deadline = time.monotonic() + CONFLICT_TIMEOUT_S
+        delay = 0.001
+        with self.lock:
+            while True:
+                try:
+                    fresh = self.token is None
+                    if fresh:
+                        self._load(con)
+                    try:
+                        plan = decide()
+                    except EvalkitError:
+                        if fresh or self._current(con):
+                            raise
+                        continue
+                    if not plan.writes:
+                        if fresh or self._current(con):
+                            return plan.result
+                        continue
+                    token = uuid.uuid4().hex
+                    with transaction(con):
+                        if not con.execute(
+                            "UPDATE rating_queue SET token = ? WHERE token = ?", [token, self.token]
+                        ).fetchone()[0]:
+                            raise _Stale
+                        for write in plan.writes:
+                            write(con)
+                    self.token = token
+                    for apply in plan.applies:
+                        apply()
+                    return plan.result
+                except (duckdb.TransactionException, duckdb.ConstraintException, _Stale) as exc:
+                    self.token = None
+                    if time.monotonic() >= deadline:
+                        raise EvalkitError(
+                            f"the rating queue stayed busy for {CONFLICT_TIMEOUT_S:.0f} s: {exc!r}",
+                            hint="try again; nothing was written",
+                        ) from exc
+                    if not isinstance(exc, _Stale):
+                        log.debug("write conflict, retrying: %s", exc)
+                        time.sleep(delay * (1 + random.random()))
+                        delay = min(delay * 2, 0.05)
+
+    def _current(self, con: duckdb.DuckDBPyConnection) -> bool:
+        """Whether nobody else wrote since this process did; if not, forget the state."""
+        if con.execute("SELECT token FROM rating_queue").fetchone()[0] != self.token:
+            self.token = None
+        return self.token is not None
+
+    def _load(self, con: duckdb.DuckDBPyConnection) -> None:
+        ensure_schema(con)
+        with transaction(con):
+            (token,) = con.execute("SELECT token FROM rating_queue").fetchone()
+            items = con.execute(LOAD_ITEMS).fetchall()
+            leases = con.execute(LOAD_LEASES).fetchall()
+            known = con.execute("SELECT annotator FROM rating_annotators").fetchall()
+        self.items = {item_id: _ItemState(*state) for item_id, *state in items}
+        self.annotators = {}
+        self.known = {name for (name,) in known}
+        for lease_id, item_id, annotator, gold, claimed_at, expires_at, closed, counted in leases:
+            if item_id in self.items:
+                self.lease(annotator, _Lease(lease_id, item_id, gold, claimed_at, expires_at))
+                if closed is not None:
+                    self._closed(annotator, item_id, closed, counted)
+        self.order(self.seed)
+        self.token = token
+
+    def _key(self, name: str) -> int:
+        digest = hashlib.blake2b(f"{self.seed}\0{name}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest)
+
+    def order(self, seed: int) -> None:
+        """Sort the items to serve in the seeded order."""
+        self.seed, self.gold, self.buckets = seed, [], {}
+        for item_id, item in self.items.items():
+            if item.gold:
+                self.gold.append((self._key(item_id), item_id))
+            elif item.done < item.overlap:
+                self.buckets.setdefault(item.bucket, []).append((self._key(item_id), item_id))
+        self.gold.sort()
+        for entries in self.buckets.values():
+            entries.sort()
+
+    def _place(self, item_id: str, add: bool) -> None:
+        """Put an item into (or take it out of) the lists it is served from."""
+        item = self.items[item_id]
+        if item.gold:
+            entries = self.gold
+        elif item.done < item.overlap:
+            entries = self.buckets.setdefault(item.bucket, [])
+        else:
+            return
+        entry = (self._key(item_id), item_id)
+        if add:
+            bisect.insort(entries, entry)
+        else:
+            del entries[bisect.bisect_left(entries, entry)]
+            if not entries and entries is not self.gold:
+                del self.buckets[item.bucket]
+
+    def add(self, item_id: str, kind: str, priority: int, overlap: int) -> None:
+        self.items[item_id] = _ItemState(kind, priority, overlap, gold=False)
+        self._place(item_id, add=True)
+
+    def make_gold(self, item_id: str) -> None:
+        self._place(item_id, add=False)
+        self.items[item_id].gold = True
+        self._place(item_id, add=True)
+
+    def lease(self, annotator: str, lease: _Lease) -> None:
+        state = self.annotators.setdefault(annotator, _AnnotatorState())
+        state.leases[lease.item_id] = lease
+        state.open.add(lease.item_id)
+        state.gold_served += lease.gold
+        self.items[lease.item_id].open[annotator] = lease.expires_at
+
+    def close(self, annotator: str, item_id: str, at: datetime, counted: bool) -> None:
+        self._place(item_id, add=False)
+        self._closed(annotator, item_id, at, counted)
+        self._place(item_id, add=True)
+
+    def _closed(self, annotator: str, item_id: str, at: datetime, counted: bool) -> None:
+        state, item = self.annotators[annotator], self.items[item_id]
+        state.leases[item_id].closed_at = at
+        state.open.discard(item_id)
+        del item.open[annotator]
+        item.done += counted
+
+    def held(self, annotator: str, now: datetime, but: str | None) -> _Lease | None:
+        """The annotator's live lease, other than on item ``but``."""
+        state = self.annotators.get(annotator)
+        for item_id in state.open if state else ():
+            lease = state.leases[item_id]
+            if lease.expires_at > now and item_id != but:
+                return lease
+        return None
+
+    def next_item(self, annotator: str, now: datetime, gold_due: bool) -> str | None:
+        """The first item in serving order the annotator was never served and that has room.
+
+        Each annotator walks the seeded order from their own starting point, so annotators
+        spread over the queue instead of all reaching for the same item.
+        """
+        served = self.annotators.get(annotator, _AnnotatorState()).leases
+        start = (self._key(annotator),)
+        lists = [self.gold] if gold_due else []
+        lists += [self.buckets[bucket] for bucket in sorted(self.buckets, reverse=True)]
+        for entries in lists:
+            first = bisect.bisect_left(entries, start)
+            for k in range(len(entries)):
+                item_id = entries[(first + k) % len(entries)][1]
+                if item_id not in served and self.items[item_id].has_room(now):
+                    return item_id
+        return None
+
+
+_QUEUES: dict[str, _Queue] = {}  # by store file
+_QUEUE_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # by connection
+_QUEUES_LOCK = threading.Lock()
+
+
+def _queue(con: duckdb.DuckDBPyConnection) -> _Queue:
+    """The queue state of the store ``con`` is connected to."""
+    with _QUEUES_LOCK:
+        queue = _QUEUE_OF.get(con)
+        if queue is None:
+            (path,) = con.execute(
+                "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+            ).fetchone()
+            # An in-memory store is its connection's own.
+            queue = _QUEUES.setdefault(path, _Queue()) if path else _Queue()
+            _QUEUE_OF[con] = queue
+        return queue
 
 
 def add_annotator(con: duckdb.DuckDBPyConnection, annotator: str) -> bool:
     """Register an annotator; returns False when already registered."""
     if not annotator.strip():
         raise EvalkitError("an annotator needs a non-empty name")
-    ensure_schema(con)
-    return _retrying(
-        con,
-        lambda: (
-            con.execute(
-                "INSERT INTO rating_annotators VALUES (?, ?) ON CONFLICT DO NOTHING RETURNING 1",
-                [annotator, utc_now()],
-            ).fetchone()
-            is not None
-        ),
-    )
+    queue = _queue(con)
+
+    def decide() -> _Plan:
+        if annotator in queue.known:
+            return _Plan(False)
+        row = [annotator, utc_now()]
+        return _Plan(
+            True,
+            [lambda c: c.execute("INSERT INTO rating_annotators VALUES (?, ?)", row)],
+            [lambda: queue.known.add(annotator)],
+        )
+
+    return queue.run(con, decide)
 
 
-def _check_annotator(con: duckdb.DuckDBPyConnection, annotator: str) -> None:
-    if not con.execute(
-        "SELECT 1 FROM rating_annotators WHERE annotator = ?", [annotator]
-    ).fetchone():
-        _unknown_annotator(annotator)
-
-
-def _unknown_annotator(annotator: str) -> None:
+def _unknown_annotator(annotator: str) -> NoReturn:
     raise EvalkitError(
         f"unknown annotator {annotator!r}",
         hint=f"register them first: `evalkit rate annotator {annotator}`",
@@ -336,17 +515,12 @@ def add_items(
 
     Returns how many were new.
     """
-    ensure_schema(con)
     unique = {item.item_id: item for item in items}
     now = utc_now()
+    queue = _queue(con)
 
-    def insert() -> int:
-        known = {
-            row[0]
-            for row in con.execute(
-                "SELECT item_id FROM rating_items WHERE list_contains(?, item_id)", [list(unique)]
-            ).fetchall()
-        }
+    def decide() -> _Plan:
+        new = sorted((item_id, it) for item_id, it in unique.items() if item_id not in queue.items)
         rows = [
             (
                 item_id,
@@ -365,104 +539,88 @@ def add_items(
                 batch,
                 now,
             )
-            for item_id, it in sorted(unique.items())
-            if item_id not in known
+            for item_id, it in new
         ]
-        if rows:
-            con.executemany(
-                f"INSERT INTO rating_items VALUES ({', '.join('?' * 15)}, 0, 0)",
-                rows,
-            )
-        return len(rows)
-
-    return _retrying(con, insert)
-
-
-def _item(con: duckdb.DuckDBPyConnection, item_id: str) -> tuple:
-    row = con.execute(
-        "SELECT kind, response_a FROM rating_items WHERE item_id = ?", [item_id]
-    ).fetchone()
-    if row is None:
-        raise EvalkitError(
-            f"no rating item {item_id!r} in the queue", hint="`evalkit rate status` lists the queue"
+        insert = f"INSERT INTO rating_items ({ITEM_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+        return _Plan(
+            len(rows),
+            [lambda c: c.executemany(insert, rows)] if rows else [],
+            [lambda: [queue.add(i, it.kind, it.priority, it.overlap) for i, it in new]],
         )
-    return row
+
+    return queue.run(con, decide)
+
+
+def _no_item(item_id: str) -> NoReturn:
+    raise EvalkitError(
+        f"no rating item {item_id!r} in the queue", hint="`evalkit rate status` lists the queue"
+    )
 
 
 def set_gold(
     con: duckdb.DuckDBPyConnection, item_id: str, answer: Rating, *, rubric: Rubric | None = None
 ) -> None:
     """Make an item a hidden gold item with a known ``answer`` (single and pair items)."""
-    ensure_schema(con)
-    kind, _ = _item(con, item_id)
-    if kind == "correction" or answer.skip_reason is not None:
-        raise EvalkitError(
-            f"item {item_id}: gold needs an answer that can be checked (a score, thumbs or choice)"
+    queue = _queue(con)
+    gold = json.dumps({k: v for k, v in asdict(answer).items() if v not in (None, {})})
+
+    def decide() -> _Plan:
+        item = queue.items.get(item_id) or _no_item(item_id)
+        if item.kind == "correction" or answer.skip_reason is not None:
+            raise EvalkitError(
+                f"item {item_id}: gold needs an answer that can be checked "
+                "(a score, thumbs or choice)"
+            )
+        answer.check(item.kind, rubric or load_rubric())
+        update = "UPDATE rating_items SET gold = ? WHERE item_id = ?"
+        return _Plan(
+            None,
+            [lambda c: c.execute(update, [gold, item_id])],
+            [] if item.gold else [lambda: queue.make_gold(item_id)],
         )
-    answer.check(kind, rubric or load_rubric())
-    gold = {k: v for k, v in asdict(answer).items() if v not in (None, {})}
-    _retrying(
-        con,
-        lambda: con.execute(
-            "UPDATE rating_items SET gold = ? WHERE item_id = ?", [json.dumps(gold), item_id]
-        ),
+
+    queue.run(con, decide)
+
+
+def _claim(
+    queue: _Queue, annotator: str, config: QueueConfig, now: datetime, submitting: str | None
+) -> _Plan:
+    """Lease the next item to ``annotator``, or hand back their live lease (a refresh).
+
+    ``submitting``: the item whose rating goes into the same transaction.
+    """
+    held = queue.held(annotator, now, but=submitting)
+    if held is not None:
+        return _Plan(held)
+    if annotator not in queue.known:
+        _unknown_annotator(annotator)
+    state = queue.annotators.get(annotator, _AnnotatorState())
+    # Gold is due when fewer than (n + 1) // gold_every of the annotator's n items were gold.
+    every = config.gold_every
+    gold_due = every > 0 and state.gold_served < (len(state.leases) + 1) // every
+    if config.seed != queue.seed:
+        queue.order(config.seed)
+    item_id = queue.next_item(annotator, now, gold_due)
+    if item_id is None:
+        return _Plan(None)
+    expires_at = now + timedelta(seconds=config.lease_ttl_s)
+    lease = _Lease(uuid.uuid4().hex, item_id, queue.items[item_id].gold, now, expires_at)
+    row = [lease.lease_id, item_id, annotator, lease.gold, now, expires_at]
+    return _Plan(
+        lease,
+        [lambda c: c.execute(INSERT_LEASE, row)],
+        [lambda: queue.lease(annotator, lease)],
     )
 
 
-@dataclass(frozen=True)
-class _Claim:
-    """A claim in two steps: what it reads outside the transaction, what it writes inside."""
-
-    annotator: str
-    config: QueueConfig
-    submitting: str | None = None  # the item being submitted in the same transaction
-
-    def read(self, con: duckdb.DuckDBPyConnection) -> tuple[datetime, Assignment | None, list]:
-        now = utc_now()
-        served, gold_served, held = con.execute(
-            ANNOTATOR_STATE,
-            {"now": now, "annotator": self.annotator, "submitting": self.submitting},
-        ).fetchone()
-        if held is not None:
-            *shown, expires_at = con.execute(
-                LEASED, {"item": held, "annotator": self.annotator}
-            ).fetchone()
-            return now, _assignment(*shown, expires_at), []
-        if served == 0:
-            _check_annotator(con, self.annotator)
-        # Gold is due when fewer than (n + 1) // gold_every of the annotator's n items were gold.
-        every = self.config.gold_every
-        params = {
-            "now": now,
-            "annotator": self.annotator,
-            "gold_due": every > 0 and gold_served < (served + 1) // every,
-            "seed": self.config.seed,
-            "candidates": CANDIDATES,
-        }
-        rows = con.execute(CANDIDATES_QUERY, params).fetchall()
-        # The lease starts once the read is done: whatever it saw had happened by then.
-        return utc_now(), None, rows
-
-    def write(
-        self, con: duckdb.DuckDBPyConnection, state: tuple[datetime, Assignment | None, list]
-    ) -> Assignment | None:
-        now, held, rows = state
-        if held is not None or not rows:
-            return held
-        for item_id, version, gold, *shown in rows:
-            # The row is updated only if no claim (nor late rating) of the item committed since it
-            # was read; one committing concurrently makes this update conflict.
-            if con.execute(
-                "UPDATE rating_items SET version = version + 1 WHERE item_id = ? AND version = ?",
-                [item_id, version],
-            ).fetchone()[0]:
-                expires_at = now + timedelta(seconds=self.config.lease_ttl_s)
-                con.execute(
-                    "INSERT INTO rating_leases VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                    [uuid.uuid4().hex, item_id, self.annotator, gold, now, expires_at],
-                )
-                return _assignment(item_id, *shown, expires_at)
-        raise _Changed("every candidate was claimed meanwhile")
+def _shown(con: duckdb.DuckDBPyConnection, lease: _Lease | None) -> Assignment | None:
+    """The leased item as the app shows it."""
+    if lease is None:
+        return None
+    kind, prompt, response_a, response_b = con.execute(SHOWN, [lease.item_id]).fetchone()
+    return Assignment(
+        lease.item_id, kind, json.loads(prompt), response_a, response_b, lease.expires_at
+    )
 
 
 def claim_next(
@@ -472,22 +630,14 @@ def claim_next(
 
     Claiming again while the lease is live returns the same item (a page refresh).
     """
-    claim = _Claim(annotator, config or QueueConfig())
-    return _retrying(con, lambda state: claim.write(con, state), lambda: claim.read(con))
-
-
-def _assignment(item_id, kind, prompt, response_a, response_b, expires_at) -> Assignment:
-    return Assignment(item_id, kind, json.loads(prompt), response_a, response_b, expires_at)
-
-
-def _item_full(con, item_id: str, annotator: str, now: datetime) -> bool:
-    params = {"item": item_id, "annotator": annotator, "now": now}
-    return con.execute(ITEM_FULL, params).fetchone()[0]
+    config = config or QueueConfig()
+    queue = _queue(con)
+    return _shown(con, queue.run(con, lambda: _claim(queue, annotator, config, utc_now(), None)))
 
 
 @dataclass(frozen=True)
 class _Submission:
-    """A rating to store, in two steps like a claim, and kept aside when refused."""
+    """A rating to store, and kept aside when refused."""
 
     annotator: str
     item_id: str
@@ -497,76 +647,57 @@ class _Submission:
     app_version: str
     rating_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    def read(self, con: duckdb.DuckDBPyConnection) -> tuple | str:
-        """The lease to close, or why there is none."""
-        annotator, item_id = self.annotator, self.item_id
-        state = con.execute(SUBMISSION_STATE, {"annotator": annotator, "item": item_id}).fetchone()
-        if state is None:
-            raise EvalkitError(
-                f"no rating item {item_id!r} in the queue",
-                hint="`evalkit rate status` shows the queue",
-            )
-        kind, response_a, lease_id, claimed_at, expires_at, closed_at = state
-        self.rating.check(kind, self.rubric)
-        if lease_id is None:
-            _check_annotator(con, annotator)
-            return f"item {item_id} was never served to {annotator}: claim it first"
-        if closed_at is not None:
-            return (
-                f"{annotator} already rated or skipped item {item_id} at "
-                f"{closed_at:%Y-%m-%d %H:%M:%S} UTC: a rating is counted once"
-            )
-        return kind, response_a, lease_id, claimed_at, expires_at
-
-    def write(self, con: duckdb.DuckDBPyConnection, state: tuple | str) -> str | None:
-        """Store the rating; returns why it was refused, or None."""
-        if isinstance(state, str):
-            return state
-        kind, response_a, lease_id, claimed_at, expires_at = state
+    def plan(self, queue: _Queue, con: duckdb.DuckDBPyConnection, now: datetime) -> _Plan:
+        """Store the rating and close its lease; the plan's result is why it was refused, or
+        None."""
         annotator, item_id, rating = self.annotator, self.item_id, self.rating
+        item = queue.items.get(item_id) or _no_item(item_id)
+        rating.check(item.kind, self.rubric)
+        state = queue.annotators.get(annotator)
+        lease = state.leases.get(item_id) if state else None
         counted = rating.skip_reason is None
-        now = utc_now()
-        if counted and expires_at <= now and _item_full(con, item_id, annotator, now):
-            return (
+        if lease is None:
+            if annotator not in queue.known:
+                _unknown_annotator(annotator)
+            return _Plan(f"item {item_id} was never served to {annotator}: claim it first")
+        if lease.closed_at is not None:
+            return _Plan(
+                f"{annotator} already rated or skipped item {item_id} at "
+                f"{lease.closed_at:%Y-%m-%d %H:%M:%S} UTC: a rating is counted once"
+            )
+        if counted and lease.expires_at <= now and not item.has_room(now):
+            return _Plan(
                 f"the lease of {annotator} on item {item_id} expired at "
-                f"{expires_at:%Y-%m-%d %H:%M:%S} UTC and the item went to another annotator"
+                f"{lease.expires_at:%Y-%m-%d %H:%M:%S} UTC and the item went to another annotator"
             )
-        if not con.execute(
-            "UPDATE rating_leases SET closed_at = ? WHERE lease_id = ? AND closed_at IS NULL",
-            [now, lease_id],
-        ).fetchone()[0]:
-            raise _Changed("the lease was closed meanwhile")
-        if counted:
-            # A late rating takes a place claims could see as free: it changes the version, so
-            # a claim that read the item before cannot also take that place.
-            con.execute(
-                "UPDATE rating_items SET done = done + 1, version = version + ? WHERE item_id = ?",
-                [int(expires_at <= now), item_id],
-            )
+        original = None
+        if item.kind == "correction" and counted:
+            original = con.execute(SHOWN, [item_id]).fetchone()[2]
         shown_ms = self.shown_ms
         if shown_ms is None:
-            shown_ms = (now - claimed_at) // timedelta(milliseconds=1)
-        con.execute(
-            "INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                self.rating_id,
-                lease_id,
-                item_id,
-                annotator,
-                json.dumps(rating.scores) if rating.scores else None,
-                rating.thumbs,
-                rating.choice,
-                response_a if kind == "correction" and counted else None,
-                rating.corrected,
-                rating.skip_reason,
-                shown_ms,
-                self.rubric.version,
-                self.app_version,
-                claimed_at,
-                now,
-            ],
+            shown_ms = (now - lease.claimed_at) // timedelta(milliseconds=1)
+        row = [
+            self.rating_id,
+            lease.lease_id,
+            item_id,
+            annotator,
+            json.dumps(rating.scores) if rating.scores else None,
+            rating.thumbs,
+            rating.choice,
+            original,
+            rating.corrected,
+            rating.skip_reason,
+            shown_ms,
+            self.rubric.version,
+            self.app_version,
+            lease.claimed_at,
+            now,
+        ]
+        return _Plan(
+            None,
+            [lambda c: c.execute(INSERT_RATING, row)],
+            [lambda: queue.close(annotator, item_id, now, counted)],
         )
-        return None
 
     def refuse(self, con: duckdb.DuckDBPyConnection, refusal: str) -> NoReturn:
         """Keep the refused rating in ``rating_refused`` and say why it was not counted."""
@@ -580,10 +711,7 @@ class _Submission:
             self.app_version,
             utc_now(),
         ]
-        _retrying(
-            con,
-            lambda: con.execute(f"INSERT INTO rating_refused VALUES ({', '.join('?' * 8)})", row),
-        )
+        con.execute(f"INSERT INTO rating_refused VALUES ({', '.join('?' * 8)})", row)
         raise EvalkitError(
             f"rating refused: {refusal}",
             hint="it was not counted; its text is kept in the store (rating_refused), "
@@ -608,7 +736,8 @@ def submit(
     refused with an :class:`EvalkitError` and kept in ``rating_refused``.
     """
     sub = _Submission(annotator, item_id, rating, rubric or load_rubric(), shown_ms, app_version)
-    refusal = _retrying(con, lambda state: sub.write(con, state), lambda: sub.read(con))
+    queue = _queue(con)
+    refusal = queue.run(con, lambda: sub.plan(queue, con, utc_now()))
     if refusal is not None:
         sub.refuse(con, refusal)
     return sub.rating_id
@@ -631,13 +760,18 @@ def submit_and_claim(
     One commit instead of two; a refused rating claims nothing and raises as :func:`submit`.
     """
     sub = _Submission(annotator, item_id, rating, rubric or load_rubric(), shown_ms, app_version)
-    claim = _Claim(annotator, config or QueueConfig(), submitting=item_id)
+    config = config or QueueConfig()
+    queue = _queue(con)
 
-    def write(state: tuple) -> tuple[str | None, Assignment | None]:
-        refusal = sub.write(con, state[0])
-        return refusal, None if refusal else claim.write(con, state[1])
+    def decide() -> _Plan:
+        now = utc_now()
+        rated = sub.plan(queue, con, now)
+        if not rated.writes:
+            return _Plan((rated.result, None))
+        after = _claim(queue, annotator, config, now, submitting=item_id)
+        return rated.then(after, (None, after.result))
 
-    refusal, got = _retrying(con, write, lambda: (sub.read(con), claim.read(con)))
+    refusal, lease = queue.run(con, decide)
     if refusal is not None:
         sub.refuse(con, refusal)
-    return sub.rating_id, got
+    return sub.rating_id, _shown(con, lease)

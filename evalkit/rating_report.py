@@ -24,7 +24,7 @@ from evalkit.agreement import (
 )
 from evalkit.errors import EvalkitError
 from evalkit.ranking import Plan, Ranking, WinRate, bradley_terry, comparisons_needed, win_rate
-from evalkit.rating import LIVE, ensure_schema, utc_now
+from evalkit.rating import LIVE_LEASES, ensure_schema, utc_now
 from evalkit.rubric import CHOICES, THUMBS, Rubric
 
 GOLD_LIKERT_TOLERANCE = 1  # a score within one point of the gold score counts as right
@@ -56,19 +56,19 @@ def queue_status(con: duckdb.DuckDBPyConnection) -> dict:
     ensure_schema(con)
     now = utc_now()
     items = con.execute(
+        "WITH counted AS (SELECT item_id, count(*) AS done FROM ratings "
+        "WHERE skip_reason IS NULL GROUP BY item_id) "
         "SELECT kind, count(*), count(*) FILTER (WHERE gold IS NOT NULL), "
-        "count(*) FILTER (WHERE done = 0), "
-        "count(*) FILTER (WHERE done > 0 AND done < overlap), "
+        "count(*) FILTER (WHERE done IS NULL), "
+        "count(*) FILTER (WHERE done < overlap), "
         "count(*) FILTER (WHERE done >= overlap) "
-        "FROM rating_items GROUP BY kind ORDER BY kind"
+        "FROM rating_items LEFT JOIN counted USING (item_id) GROUP BY kind ORDER BY kind"
     ).fetchall()
     keys = ("items", "gold", "unrated", "started", "complete")
     return {
         "items": {kind: dict(zip(keys, counts)) for kind, *counts in items},
         "annotators": con.execute("SELECT count(*) FROM rating_annotators").fetchone()[0],
-        "live_leases": con.execute(
-            f"SELECT count(*) FROM rating_leases l WHERE {LIVE.format(l='l')}", {"now": now}
-        ).fetchone()[0],
+        "live_leases": con.execute(LIVE_LEASES, {"now": now}).fetchone()[0],
         "ratings": con.execute("SELECT count(*) FROM ratings WHERE skip_reason IS NULL").fetchone()[
             0
         ],

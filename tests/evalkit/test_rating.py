@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -63,29 +65,29 @@ def test_started_overlap_sets_come_before_priority(con):
     assert claim_next(con, "cid", NO_GOLD).item_id == urgent.item_id
 
 
-def test_equal_items_come_in_a_seeded_order_per_annotator(con):
-    add_items(con, [_item(n) for n in range(30)])
-
-    def order(seed):
+def test_equal_items_come_in_a_seeded_order_per_annotator(tmp_path):
+    def order(store, seed, annotator="ann"):
+        con = connect(tmp_path / store)
+        add_annotator(con, annotator)
+        add_items(con, [_item(n) for n in range(30)])
         got = []
-        while (a := claim_next(con, "ann", QueueConfig(gold_every=0, seed=seed))) is not None:
-            submit(con, "ann", a.item_id, Rating(skip_reason="benchmarking the order"))
+        while (a := claim_next(con, annotator, QueueConfig(gold_every=0, seed=seed))) is not None:
+            submit(con, annotator, a.item_id, Rating(skip_reason="benchmarking the order"))
             got.append(a.item_id)
+        con.close()
         return got
 
-    first = order(seed=3)
-    con.execute("DELETE FROM ratings; DELETE FROM rating_leases")
-    assert order(seed=3) == first and len(first) == 30
-    con.execute("DELETE FROM ratings; DELETE FROM rating_leases")
-    assert order(seed=4) != first
+    first = order("a.duckdb", seed=3)
+    assert order("b.duckdb", seed=3) == first and len(set(first)) == 30
+    assert order("c.duckdb", seed=4) != first
+    assert order("d.duckdb", seed=3, annotator="bob") != first
 
 
 def test_refresh_returns_the_leased_item_and_expiry_passes_it_on(con):
-    add_items(con, [_item(n) for n in range(3)])
+    add_items(con, [_item(1)])
     config = QueueConfig(lease_ttl_s=0.4, gold_every=0)
     first = claim_next(con, "ann", config)
     assert claim_next(con, "ann", config).item_id == first.item_id  # a page refresh
-    con.execute("DELETE FROM rating_items WHERE item_id <> ?", [first.item_id])
     assert claim_next(con, "bob", config) is None  # ann holds the only place
     time.sleep(0.5)
     bob = claim_next(con, "bob", config)
@@ -108,6 +110,45 @@ def test_a_late_rating_is_counted_when_nobody_took_the_item(con):
     time.sleep(0.3)
     submit(con, "ann", got.item_id, Rating(thumbs="up"))
     assert claim_next(con, "bob", config) is None  # its one place is taken
+
+
+OTHER_PROCESS = """
+import sys
+from evalkit.rating import Item, QueueConfig, add_annotator, add_items, claim_next, submit
+from evalkit.rubric import Rating
+from evalkit.store import connect
+con = connect(sys.argv[1])
+add_annotator(con, "eve")
+got = claim_next(con, "eve", QueueConfig(gold_every=0))
+submit(con, "eve", got.item_id, Rating(thumbs="up"))
+add_items(con, [Item("single", [{"role": "user", "content": "late"}], "x", {"n": 99}, priority=9)])
+print(got.item_id)
+"""
+
+
+def test_writes_by_another_process_are_seen(tmp_path):
+    """This process keeps the queue's state in memory; another process's writes replace it."""
+    path = tmp_path / "store.duckdb"
+    con = connect(path)
+    add_annotator(con, "ann")
+    add_items(con, [_item(n) for n in range(3)])
+    first = claim_next(con, "ann", NO_GOLD)
+    con.close()  # the other process needs the file
+    done = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS, str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    rated_by_eve = done.stdout.strip()
+    con = connect(path)
+    submit(con, "ann", first.item_id, Rating(thumbs="up"))
+    served = []
+    while (got := claim_next(con, "ann", NO_GOLD)) is not None:
+        served.append(got.item_id)
+        submit(con, "ann", got.item_id, Rating(thumbs="up"))
+    # The item queued there comes first (priority 9); the one eve rated there is full.
+    assert served[0] == _item(99).item_id
+    assert rated_by_eve not in served and len(served) == 2
+    assert queue_status(con)["items"]["single"]["complete"] == 4
 
 
 def test_an_item_gets_overlap_distinct_annotators_and_nobody_twice(con):
@@ -209,10 +250,12 @@ def test_unknown_annotator_item_and_rating_field(con):
         Rating.from_dict({"thumb": "up"})
 
 
-def test_a_store_without_a_queue_says_to_enqueue_first(tmp_path):
+def test_a_store_without_a_queue_says_to_register_then_has_nothing(tmp_path):
     con = connect(tmp_path / "empty.duckdb")
-    with pytest.raises(EvalkitError, match="no rating queue yet"):
+    with pytest.raises(EvalkitError, match="unknown annotator 'ann'"):
         claim_next(con, "ann")
+    add_annotator(con, "ann")
+    assert claim_next(con, "ann") is None
 
 
 def test_gold_items_are_hidden_and_scored(con):
