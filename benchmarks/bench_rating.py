@@ -8,6 +8,8 @@
    the two calls ``submit`` and ``claim_next``, once with ``submit_and_claim``, the app's call
    (one transaction). A think time of 0 is the stress case: every thread claims again at once,
    which measures throughput, not what an annotator waits.
+   Then a large queue (``--queue-items``): how long it takes to enqueue, and a new process's
+   first claim, which reads the whole queue into memory.
 2. Ranking: Bradley-Terry over 50,000 comparisons among 10 models with 1,000 prompt
    resamples, against the target of 10 s on 2 cores; the peer is choix's MM fit of the same
    data, once (x 1,000 for a bootstrap done that way).
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -108,6 +112,60 @@ def bench_queue(threads: int, per_thread: int, think_ms: float, seed: int, fused
     )
 
 
+FIRST_CLAIM = """
+import sys, time
+from evalkit.rating import QueueConfig, claim_next
+from evalkit.store import connect
+con = connect(sys.argv[1])
+started = time.perf_counter()
+claim_next(con, "annotator-00", QueueConfig(gold_every=0))
+print(time.perf_counter() - started)
+"""
+
+
+def bench_queue_size(n: int) -> None:
+    """A large queue: enqueue ``n`` items, rate half of them (1-3 ratings each, written in bulk
+    as the history of a store in use), then a new process's first claim, which reads it all."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "store.duckdb"
+        con = connect(path)
+        items = [
+            Item("single", [{"role": "user", "content": f"q {i}"}], f"a {i}", {"n": i}, overlap=3)
+            for i in range(n)
+        ]
+        started = time.perf_counter()
+        add_items(con, items)
+        enqueue = time.perf_counter() - started
+        for k in range(16):
+            add_annotator(con, f"annotator-{k:02d}")
+        leases = [
+            (f"{i}-{k}", item.item_id, f"annotator-{(i + k) % 16:02d}")
+            for i, item in enumerate(items[: n // 2])
+            for k in range(1 + i % 3)
+        ]
+        con.execute(
+            "INSERT INTO rating_leases (lease_id, item_id, annotator, gold, claimed_at, expires_at)"
+            " SELECT unnest(?), unnest(?), unnest(?), false, TIMESTAMP '2026-01-01', "
+            "TIMESTAMP '2026-01-01 00:10:00'",
+            [list(c) for c in zip(*leases)],
+        )
+        con.execute(
+            "INSERT INTO ratings SELECT lease_id, lease_id, item_id, annotator, NULL, 'up', NULL,"
+            " NULL, NULL, NULL, 1000, '1', 'bench', claimed_at, expires_at FROM rating_leases"
+        )
+        con.close()
+        first = subprocess.run(
+            [sys.executable, "-c", FIRST_CLAIM, str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    print(
+        f"queue of {n:,} items: enqueue {enqueue:.1f} s; a new process's first claim, which "
+        f"reads the queue ({len(leases):,} leases and ratings), {float(first.stdout):.2f} s"
+    )
+
+
 def bench_ranking(n: int, models: int, resamples: int, seed: int) -> None:
     import choix
 
@@ -153,6 +211,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=10)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--queue-items", type=int, default=100_000, help="the large queue's size")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     print(f"cores: {os.cpu_count()}  load average: {load:.1f}")
@@ -162,6 +221,7 @@ def main() -> None:
         for fused in (False, True):
             bench_queue(args.threads, args.per_thread, think_ms, args.seed, fused)
     bench_queue(args.threads, args.per_thread // 2, 0.0, args.seed, fused=True)
+    bench_queue_size(args.queue_items)
 
 
 if __name__ == "__main__":

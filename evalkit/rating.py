@@ -47,7 +47,7 @@ import duckdb
 from evalkit import __version__
 from evalkit.errors import EvalkitError
 from evalkit.rubric import Rating, Rubric, check_choice, load_rubric
-from evalkit.store import transaction
+from evalkit.store import insert_columns, transaction
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,23 @@ ITEM_COLUMNS = (
     "item_id, kind, prompt, response_a, response_b, source_a, source_b, source, group_id, "
     "slice, priority, overlap, gold, batch, created_at"
 )
+ITEM_TYPES = [  # of ITEM_COLUMNS, in order
+    "VARCHAR",
+    "VARCHAR",
+    "JSON",
+    "VARCHAR",
+    "VARCHAR",
+    "VARCHAR",
+    "VARCHAR",
+    "JSON",
+    "VARCHAR",
+    "VARCHAR",
+    "INTEGER",
+    "INTEGER",
+    "JSON",
+    "VARCHAR",
+    "TIMESTAMP",
+]
 
 
 @dataclass(frozen=True)
@@ -541,10 +558,11 @@ def add_items(
             )
             for item_id, it in new
         ]
-        insert = f"INSERT INTO rating_items ({ITEM_COLUMNS}) VALUES ({', '.join('?' * 15)})"
         return _Plan(
             len(rows),
-            [lambda c: c.executemany(insert, rows)] if rows else [],
+            [lambda c: insert_columns(c, "rating_items", rows, ITEM_TYPES, columns=ITEM_COLUMNS)]
+            if rows
+            else [],
             [lambda: [queue.add(i, it.kind, it.priority, it.overlap) for i, it in new]],
         )
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import duckdb
 
 from evalkit.errors import EvalkitError
-from evalkit.store import transaction
+from evalkit.store import insert_columns, transaction
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS eval_runs (
@@ -121,18 +121,9 @@ def add_results(
     if get_run(con, run_id)["status"] != "running":
         raise EvalkitError(f"run {run_id} is finished; a finished run cannot change")
     with transaction(con):
-        _insert_columns(con, "eval_examples", examples, ["VARCHAR"] * 6 + ["JSON"])
-        _insert_columns(con, "eval_scores", scores, ["VARCHAR"] * 4 + ["DOUBLE"])
+        insert_columns(con, "eval_examples", examples, ["VARCHAR"] * 6 + ["JSON"])
+        insert_columns(con, "eval_scores", scores, ["VARCHAR"] * 4 + ["DOUBLE"])
     return len(examples)
-
-
-def _insert_columns(con, table: str, rows: list[tuple], types: list[str]) -> None:
-    """Insert many rows as one statement of column lists (executemany is row by row)."""
-    if not rows:
-        return
-    columns = [list(c) for c in zip(*rows)]
-    select = ", ".join(f"unnest(?::{t}[])" for t in types)
-    con.execute(f"INSERT INTO {table} SELECT {select}", columns)
 
 
 def finish_run(

@@ -70,6 +70,26 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     con.execute("COMMIT")
 
 
+def insert_columns(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    rows: list[tuple],
+    types: list[str],
+    *,
+    columns: str | None = None,
+) -> None:
+    """Insert many rows as one statement of column lists (executemany is row by row).
+
+    ``types`` are the SQL types of the row's fields; ``columns`` names the table's columns they
+    go to, when not all of them in order.
+    """
+    if not rows:
+        return
+    lists = [list(c) for c in zip(*rows)]
+    select = ", ".join(f"unnest(?::{t}[])" for t in types)
+    con.execute(f"INSERT INTO {table} {f'({columns}) ' if columns else ''}SELECT {select}", lists)
+
+
 @contextmanager
 def open_store(
     path: str | Path, *, read_only: bool = False, timeout: float = LOCK_TIMEOUT_S
