@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from evalkit.rating import (
     submit_and_claim,
 )
 from evalkit.rubric import Rating, load_rubric
-from evalkit.store import connect
+from evalkit.store import connect, insert_columns
 
 QUEUE_TARGET_MS = 20.0
 RANKING_TARGET_S = 10.0
@@ -136,18 +137,20 @@ def bench_queue_size(n: int) -> None:
         started = time.perf_counter()
         add_items(con, items)
         enqueue = time.perf_counter() - started
+        day, ttl = datetime(2026, 1, 1), timedelta(minutes=10)
         for k in range(16):
             add_annotator(con, f"annotator-{k:02d}")
         leases = [
-            (f"{i}-{k}", item.item_id, f"annotator-{(i + k) % 16:02d}")
+            (f"{i}-{k}", item.item_id, f"annotator-{(i + k) % 16:02d}", False, day, day + ttl)
             for i, item in enumerate(items[: n // 2])
             for k in range(1 + i % 3)
         ]
-        con.execute(
-            "INSERT INTO rating_leases (lease_id, item_id, annotator, gold, claimed_at, expires_at)"
-            " SELECT unnest(?), unnest(?), unnest(?), false, TIMESTAMP '2026-01-01', "
-            "TIMESTAMP '2026-01-01 00:10:00'",
-            [list(c) for c in zip(*leases)],
+        insert_columns(
+            con,
+            "rating_leases",
+            leases,
+            ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "TIMESTAMP", "TIMESTAMP"],
+            columns="lease_id, item_id, annotator, gold, claimed_at, expires_at",
         )
         con.execute(
             "INSERT INTO ratings SELECT lease_id, lease_id, item_id, annotator, NULL, 'up', NULL,"

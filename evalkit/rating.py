@@ -395,26 +395,30 @@ class _Queue:
         digest = hashlib.blake2b(f"{self.seed}\0{name}".encode(), digest_size=8).digest()
         return int.from_bytes(digest)
 
+    def _entries(self, item: _ItemState) -> list[tuple[int, str]] | None:
+        """The list an item is served from; None once it has all its ratings."""
+        if item.gold:
+            return self.gold
+        if item.done < item.overlap:
+            return self.buckets.setdefault(item.bucket, [])
+        return None
+
     def order(self, seed: int) -> None:
         """Sort the items to serve in the seeded order."""
         self.seed, self.gold, self.buckets = seed, [], {}
         for item_id, item in self.items.items():
-            if item.gold:
-                self.gold.append((self._key(item_id), item_id))
-            elif item.done < item.overlap:
-                self.buckets.setdefault(item.bucket, []).append((self._key(item_id), item_id))
+            entries = self._entries(item)
+            if entries is not None:
+                entries.append((self._key(item_id), item_id))
         self.gold.sort()
         for entries in self.buckets.values():
             entries.sort()
 
     def _place(self, item_id: str, add: bool) -> None:
-        """Put an item into (or take it out of) the lists it is served from."""
+        """Put an item into (or take it out of) the list it is served from."""
         item = self.items[item_id]
-        if item.gold:
-            entries = self.gold
-        elif item.done < item.overlap:
-            entries = self.buckets.setdefault(item.bucket, [])
-        else:
+        entries = self._entries(item)
+        if entries is None:
             return
         entry = (self._key(item_id), item_id)
         if add:
