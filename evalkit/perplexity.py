@@ -120,6 +120,8 @@ def sequence_nll(
     import torch
     from tqdm.auto import tqdm
 
+    from evalkit.fusion import fast_layers
+
     stride = stride or max_length
     if target_masks is not None:
         if len(target_masks) != len(sequences):
@@ -193,21 +195,22 @@ def sequence_nll(
 
     bar = tqdm(total=len(batches), desc="perplexity", disable=not progress or None)
     workers = _cpu_workers(model) if device.type == "cpu" else nullcontext()
-    with bar, _fast_activations(model), workers as pool:
-        # The body and the output layer apart, once the first rows prove it the same model.
-        split = _head_split(model)
-        if split is not None and batches:
-            probe = batches[0][:2]
-            _, whole, _ = score(probe)
+    # Faster layers and the output layer apart, each once the first rows prove it the same
+    # model: bf16 rounds the ways differently; soft-capped logits differ far more.
+    probe = batches[0][:2] if batches else None
+    reference = score(probe)[1] if probe else None
+    rtol = 1e-5 if autocast_dtype is None else 1e-2
+
+    def same(split=None) -> bool:
+        return torch.allclose(score(probe, split)[1], reference, rtol=rtol, atol=1e-4)
+
+    with bar, fast_layers(model, same, autocast=autocast_dtype is not None), workers as pool:
+        split = _head_split(model) if probe else None
+        if split is not None:
             try:
-                _, parts, _ = score(probe, split)
+                split = split if same(split) else None
             except Exception:  # a body that does not take these inputs: use the whole model
                 split = None
-            else:
-                # bf16 rounds the two ways differently; soft-capped logits differ far more.
-                rtol = 1e-5 if autocast_dtype is None else 1e-2
-                if not torch.allclose(whole, parts, rtol=rtol, atol=1e-4):
-                    split = None
         run = functools.partial(score, split=split)
         scored = pool.map(run, batches) if pool else map(run, batches)
         results = [bar.update() or result for result in scored]
@@ -309,25 +312,6 @@ def _cpu_workers(model):
             _threads_users -= 1
             if _threads_users == 0:
                 torch.set_num_threads(_threads_saved)
-
-
-@contextmanager
-def _fast_activations(model):
-    """Swap transformers' ``NewGELUActivation`` (GPT-2's tanh GELU, five separate ops) for the
-    same function in one fused op, for the duration; the outputs differ by ~1e-7."""
-    from transformers.activations import GELUTanh, NewGELUActivation
-
-    swapped = []
-    for module in model.modules():
-        for name, child in module.named_children():
-            if type(child) is NewGELUActivation:
-                setattr(module, name, GELUTanh())
-                swapped.append((module, name, child))
-    try:
-        yield
-    finally:
-        for module, name, child in swapped:
-            setattr(module, name, child)
 
 
 def context_length(model, tokenizer=None) -> int:

@@ -1,0 +1,104 @@
+"""Faster inference layers, swapped into a model for the duration of a scoring call.
+
+- transformers' ``NewGELUActivation`` (GPT-2's tanh GELU, five separate ops) becomes the same
+  function in one fused op.
+- On the CPU in float32, where PyTorch has oneDNN: each transformers ``Conv1D`` (GPT-2's linear
+  layer) becomes one oneDNN linear op, and the tanh GELU of a GPT-2 MLP is applied inside its
+  first linear layer while the output is still in cache, instead of in a pass of its own over
+  an activation four times as wide as the model. With the 1.35M-parameter base model this takes
+  about a sixth off the scoring time (``benchmarks/RESULTS.md``).
+
+The math is the same; outputs differ by rounding (~1e-7). The caller checks the swapped model
+against the model as loaded, and keeps the original when they differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from transformers.activations import GELUTanh, NewGELUActivation
+from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+from transformers.pytorch_utils import Conv1D
+
+
+def _onednn_linear():
+    """PyTorch's oneDNN linear op with a fused activation, or None where this build lacks it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+class OneDNNLinear(torch.nn.Module):
+    """A ``Conv1D`` or ``Linear`` layer as one oneDNN op, optionally with tanh GELU fused in."""
+
+    def __init__(self, layer: torch.nn.Module, gelu: bool = False):
+        super().__init__()
+        weight = layer.weight.t() if isinstance(layer, Conv1D) else layer.weight
+        self.weight = weight.detach().contiguous()  # (out, in), as oneDNN takes it
+        self.bias = None if layer.bias is None else layer.bias.detach()
+        self.post_op = ("gelu", [], "tanh") if gelu else ("none", [], "")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, self.bias, *self.post_op)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _swaps(
+    model: torch.nn.Module, autocast: bool
+) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """(parent, attribute, replacement) for each layer to swap."""
+    swaps = []
+    onednn = (
+        not autocast
+        and _onednn_linear() is not None
+        and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
+    )
+    for parent in model.modules():
+        if (
+            onednn
+            and isinstance(parent, GPT2MLP)
+            and type(parent.act) in (NewGELUActivation, GELUTanh)
+        ):
+            swaps.append((parent, "c_fc", OneDNNLinear(parent.c_fc, gelu=True)))
+            swaps.append((parent, "act", torch.nn.Identity()))
+            swaps.append((parent, "c_proj", OneDNNLinear(parent.c_proj)))
+            continue
+        for name, child in parent.named_children():
+            if onednn and type(child) is Conv1D:
+                swaps.append((parent, name, OneDNNLinear(child)))
+            elif type(child) is NewGELUActivation:
+                swaps.append((parent, name, GELUTanh()))
+    return swaps
+
+
+def _holds(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except Exception:  # a layer this build's oneDNN cannot run: keep the originals
+        return False
+
+
+@contextmanager
+def fast_layers(model: torch.nn.Module, same: Callable[[], bool], *, autocast: bool = False):
+    """Swap in the faster layers for the duration, unless ``same()`` then says the model's
+    outputs changed; yields the number of layers swapped (0 if none or undone). ``autocast``:
+    the model will run under autocast (no oneDNN float32 layers then)."""
+    originals = []
+    try:
+        for parent, name, replacement in _swaps(model, autocast):
+            originals.append((parent, name, getattr(parent, name)))
+            setattr(parent, name, replacement)
+        if originals and not _holds(same):
+            for parent, name, original in reversed(originals):
+                setattr(parent, name, original)
+            originals = []
+        yield len(originals)
+    finally:
+        for parent, name, original in reversed(originals):
+            setattr(parent, name, original)
