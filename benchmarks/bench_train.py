@@ -39,23 +39,21 @@ def matmul_gflops(n: int = 1024, repeat: int = 20) -> float:
 
 
 def validation_loss(model_dir: Path, data: Path) -> float:
-    """Mean assistant-token NLL of a model on the validation split, one conversation a row."""
+    """Mean assistant-token NLL of a model on the validation split, one conversation a row,
+    from the model's full logits."""
     from evalkit.models import load_model
+    from finetune.loss import TargetNLL
     from finetune.packing import collate, encode
-    from finetune.train import _loss_sums, _read_split
+    from finetune.train import _read_split
 
     model, tokenizer = load_model(model_dir, device="cpu")
+    nll_of = TargetNLL(model)
     enc = encode(tokenizer, _read_split(data, "validation"), max_length=MAX_LENGTH)
     nll, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(enc.input_ids), 16):
             rows = [[i] for i in range(start, min(start + 16, len(enc.input_ids)))]
-            s, n = _loss_sums(
-                model,
-                collate(enc, rows, tokenizer.pad_token_id),
-                torch.device("cpu"),
-                lambda: torch.autocast("cpu", enabled=False),
-            )
+            s, n = nll_of(**collate(enc, rows, tokenizer.pad_token_id))
             nll, count = nll + s.item(), count + n.item()
     return nll / count
 

@@ -9,7 +9,8 @@
   about a sixth off the scoring time (``benchmarks/RESULTS.md``).
 
 The math is the same; outputs differ by rounding (~1e-7). The caller checks the swapped model
-against the model as loaded, and keeps the original when they differ.
+against the model as loaded, and keeps the original when they differ. Training uses the fused
+GELU alone (its gradient is PyTorch's; about a tenth off a CPU step of the base model).
 """
 
 from __future__ import annotations
@@ -50,12 +51,12 @@ class OneDNNLinear(torch.nn.Module):
 
 
 def _swaps(
-    model: torch.nn.Module, autocast: bool
+    model: torch.nn.Module, autocast: bool, backward: bool
 ) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
     """(parent, attribute, replacement) for each layer to swap."""
     swaps = []
     onednn = (
-        not autocast
+        not (autocast or backward)
         and _onednn_linear() is not None
         and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
     )
@@ -85,13 +86,22 @@ def _holds(check: Callable[[], bool]) -> bool:
 
 
 @contextmanager
-def fast_layers(model: torch.nn.Module, same: Callable[[], bool], *, autocast: bool = False):
+def fast_layers(
+    model: torch.nn.Module,
+    same: Callable[[], bool],
+    *,
+    autocast: bool = False,
+    backward: bool = False,
+):
     """Swap in the faster layers for the duration, unless ``same()`` then says the model's
-    outputs changed; yields the number of layers swapped (0 if none or undone). ``autocast``:
-    the model will run under autocast (no oneDNN float32 layers then)."""
+    outputs changed; yields the number of layers swapped (0 if none or undone).
+
+    ``autocast``: the model will run under autocast; ``backward``: it will be trained. Either
+    leaves out the oneDNN layers (float32 only, no gradient); the fused GELU stays.
+    """
     originals = []
     try:
-        for parent, name, replacement in _swaps(model, autocast):
+        for parent, name, replacement in _swaps(model, autocast, backward):
             originals.append((parent, name, getattr(parent, name)))
             setattr(parent, name, replacement)
         if originals and not _holds(same):

@@ -107,3 +107,21 @@ def load_model(
         ) from exc
     model.to(pick_device(device)).eval()
     return model, tokenizer
+
+
+def output_layer_split(model):
+    """``(body, output layer)`` of a causal LM whose logits may be ``output(body(...)[0])``, or
+    None.
+
+    Scoring or training through them runs the output layer only where a token is scored:
+    padding, context and masked positions cost no vocabulary-wide logits. Models that change
+    the logits afterwards (soft-capping, scaling) do not fit; callers compare the two ways on
+    their first rows before taking this one.
+    """
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if not isinstance(head, torch.nn.Linear) or not isinstance(body, torch.nn.Module):
+        return None
+    return body, head

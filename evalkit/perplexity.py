@@ -121,6 +121,7 @@ def sequence_nll(
     from tqdm.auto import tqdm
 
     from evalkit.fusion import fast_layers
+    from evalkit.models import output_layer_split
 
     stride = stride or max_length
     if target_masks is not None:
@@ -205,7 +206,7 @@ def sequence_nll(
         return torch.allclose(score(probe, split)[1], reference, rtol=rtol, atol=1e-4)
 
     with bar, fast_layers(model, same, autocast=autocast_dtype is not None), workers as pool:
-        split = _head_split(model) if probe else None
+        split = output_layer_split(model) if probe else None
         if split is not None:
             try:
                 split = split if same(split) else None
@@ -222,25 +223,12 @@ def sequence_nll(
     return [(float(nll), int(count)) for nll, count in zip(totals, counts)]
 
 
-def _head_split(model):
-    """``(body, output layer)`` of a causal LM whose logits are ``output(body(...)[0])``, or None.
-
-    Scoring through them skips the output layer at positions not scored (padding, context,
-    masked) and takes the log-sum-exp over the vocabulary 128 rows at a time on the CPU, while
-    those logits are still in cache, instead of writing and reading all of them. Models that
-    change the logits afterwards (soft-capping, scaling) fail the check in ``sequence_nll``.
-    """
-    import torch
-
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if not isinstance(head, torch.nn.Linear) or not isinstance(body, torch.nn.Module):
-        return None
-    return body, head
-
-
 def _split_nll(split, inputs: dict, labels, chunk: int):
-    """Summed NLL of each row from the body's hidden states, the output layer run by chunks."""
+    """Summed NLL of each row from the body's hidden states, the output layer run by chunks.
+
+    Only the scored positions go through the output layer, ``chunk`` rows at a time (128 on
+    the CPU: the log-sum-exp over the vocabulary is taken while those logits are in cache).
+    """
     import torch
 
     body, head = split

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from transformers.activations import GELUTanh
 
 import evalkit.fusion
 from evalkit.fusion import OneDNNLinear, fast_layers
@@ -40,15 +41,17 @@ def test_a_failed_check_keeps_the_model_as_loaded(micro_model):
         assert [type(m) for m in model.modules()] == before
 
 
-def test_no_onednn_layers_under_autocast(micro_model):
+@pytest.mark.parametrize("mode", ["autocast", "backward"])
+def test_only_the_fused_gelu_under_autocast_or_for_training(micro_model, mode):
     model, _ = load_model(micro_model, device="cpu")
-    with fast_layers(model, lambda: True, autocast=True):
-        assert OneDNNLinear not in [type(m) for m in model.modules()]
+    with fast_layers(model, lambda: True, **{mode: True}) as swapped:
+        types = [type(m) for m in model.modules()]
+        assert swapped > 0 and GELUTanh in types and OneDNNLinear not in types
 
 
 def test_scores_are_the_same_with_and_without_fast_layers(micro_model, monkeypatch):
     model, tokenizer = load_model(micro_model, device="cpu")
     fast = text_nll(model, tokenizer, TEXTS)
-    monkeypatch.setattr(evalkit.fusion, "_swaps", lambda model, autocast: [])
+    monkeypatch.setattr(evalkit.fusion, "_swaps", lambda *args: [])
     plain = text_nll(model, tokenizer, TEXTS)
     assert [s.nll for s in fast] == pytest.approx([s.nll for s in plain], rel=1e-6)

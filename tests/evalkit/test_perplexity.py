@@ -182,12 +182,12 @@ def test_cpu_workers_change_neither_results_nor_settings(micro_model, monkeypatc
 
 def test_output_layer_apart_equals_the_whole_model(micro_model, monkeypatch):
     """Scoring from the body's states with the output layer run by chunks changes nothing."""
-    import evalkit.perplexity
+    import evalkit.models
 
     model, tokenizer = load_model(micro_model, device="cpu")
-    assert evalkit.perplexity._head_split(model) is not None
+    assert evalkit.models.output_layer_split(model) is not None
     apart = text_nll(model, tokenizer, TEXTS, batch_size=2)
-    monkeypatch.setattr(evalkit.perplexity, "_head_split", lambda model: None)
+    monkeypatch.setattr(evalkit.models, "output_layer_split", lambda model: None)
     whole = text_nll(model, tokenizer, TEXTS, batch_size=2)
     assert [s.nll for s in apart] == pytest.approx([s.nll for s in whole], rel=1e-6, abs=1e-6)
 

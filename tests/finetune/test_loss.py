@@ -1,0 +1,54 @@
+import contextlib
+
+import pytest
+import torch
+
+from evalkit.models import load_model
+from finetune.loss import TargetNLL, target_nll
+from finetune.packing import collate, encode, pack
+from finetune.train import _read_split
+
+
+@pytest.fixture
+def batch_and_model(micro_model, topics_dataset):
+    model, tokenizer = load_model(micro_model, device="cpu")
+    context = model.config.max_position_embeddings
+    enc = encode(tokenizer, _read_split(topics_dataset, "train")[:40], max_length=context)
+    rows = pack([len(x) for x in enc.input_ids], context)[:4]
+    return collate(enc, rows, tokenizer.pad_token_id or 0), model
+
+
+def _loss_and_grads(loss, batch):
+    loss.model.zero_grad()
+    nll, count = loss(**batch)
+    nll.backward()
+    return nll.item(), count.item(), [p.grad.clone() for p in loss.model.parameters()]
+
+
+def test_output_layer_apart_gives_the_same_loss_and_gradients(batch_and_model):
+    batch, model = batch_and_model
+    torch.manual_seed(0)  # the micro model has no dropout; seed anyway
+    apart = TargetNLL(model, apart=True)
+    assert apart.split is not None
+    nll_apart, count_apart, grads_apart = _loss_and_grads(apart, batch)
+    nll_whole, count_whole, grads_whole = _loss_and_grads(TargetNLL(model), batch)
+    masked = (batch["labels"][:, 1:] == -100).sum().item()
+    assert masked > 0 and count_apart == count_whole  # positions without a target exist
+    assert nll_apart == pytest.approx(nll_whole, rel=1e-6)
+    for a, w in zip(grads_apart, grads_whole):
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-6)
+
+
+def test_logits_changed_after_the_output_layer_keep_the_whole_model(batch_and_model):
+    batch, model = batch_and_model
+    plain = target_nll(model, batch, contextlib.nullcontext)
+    assert plain.split is not None
+    forward = model.forward
+
+    def soft_capped(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.logits = 5.0 * torch.tanh(out.logits / 5.0)
+        return out
+
+    model.forward = soft_capped
+    assert target_nll(model, batch, contextlib.nullcontext).split is None
