@@ -43,8 +43,9 @@ import numpy as np
 
 DEFAULT_CONTEXT = 2048  # lm-eval's fallback when neither the config nor the tokenizer says
 # Tokens in a CPU batch (padding included), at most: the fastest size measured on the 2-core VM
-# (1,024 tokens: 55k tokens/s; 4,096: 52k; 8,192: 44k, with the 1.35M-parameter base model).
-CPU_BATCH_TOKENS = 1024
+# with the 1.35M-parameter base model and its GELU fused (median of 8 runs: 1,024 tokens 1.84 s,
+# 4,096 1.68 s, 8,192 1.69 s for 2,000 texts).
+CPU_BATCH_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -235,13 +236,22 @@ def _split_nll(split, inputs: dict, labels, chunk: int):
     hidden = body(**inputs)[0]
     rows, cols = (labels != -100).nonzero(as_tuple=True)
     states, targets = hidden[rows, cols], labels[rows, cols]
+    # |logit| <= |state| * max |weight row| + max |bias|. Within ±(87 - ln vocabulary), exp can
+    # neither overflow in the sum nor underflow to zero, so the log-sum-exp needs no max pass.
+    bound = states.float().norm(dim=1) * head.weight.float().norm(dim=1).max()
+    if head.bias is not None:
+        bound += head.bias.float().abs().max()
+    unshifted = bool((bound < 87 - math.log(head.weight.shape[0])).all())
     nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
     for start in range(0, len(targets), chunk):
         logits = head(states[start : start + chunk]).float()
         target_logits = logits.gather(1, targets[start : start + chunk, None])[:, 0]
-        top = logits.amax(dim=1, keepdim=True)
         # log-sum-exp in place, in fewer passes over the logits than torch.logsumexp.
-        log_total = logits.sub_(top).exp_().sum(dim=1).log_().add_(top[:, 0])
+        if unshifted:
+            log_total = logits.exp_().sum(dim=1).log_()
+        else:
+            top = logits.amax(dim=1, keepdim=True)
+            log_total = logits.sub_(top).exp_().sum(dim=1).log_().add_(top[:, 0])
         nll[start : start + chunk] = log_total - target_logits
     totals = torch.zeros(labels.shape[0], dtype=torch.float64, device=hidden.device)
     return totals.index_add_(0, rows, nll.double())

@@ -180,13 +180,29 @@ def test_cpu_workers_change_neither_results_nor_settings(micro_model, monkeypatc
     assert [s.nll for s in pooled] == pytest.approx([s.nll for s in sequential], rel=1e-6)
 
 
-def test_output_layer_apart_equals_the_whole_model(micro_model, monkeypatch):
-    """Scoring from the body's states with the output layer run by chunks changes nothing."""
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_output_layer_apart_equals_the_whole_model(micro_model, monkeypatch, scale):
+    """Scoring from the body's states with the output layer run by chunks changes nothing,
+    with the log-sum-exp unshifted (small logits) or shifted by the maximum (large ones)."""
     import evalkit.models
+    import evalkit.perplexity
 
     model, tokenizer = load_model(micro_model, device="cpu")
+    split_nll, split_batches = evalkit.perplexity._split_nll, []
+
+    def counted(*args):
+        split_batches.append(1)
+        return split_nll(*args)
+
+    monkeypatch.setattr(evalkit.perplexity, "_split_nll", counted)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(scale)
+        ids = torch.tensor([tokenizer("Hello there, how are you?")["input_ids"]])
+        largest = model(input_ids=ids).logits.abs().max().item()
+    assert (largest > 100) == (scale > 1)  # past the unshifted range (87 - ln vocabulary)
     assert evalkit.models.output_layer_split(model) is not None
     apart = text_nll(model, tokenizer, TEXTS, batch_size=2)
+    assert len(split_batches) > 1  # the probe, then the batches: the split passed its check
     monkeypatch.setattr(evalkit.models, "output_layer_split", lambda model: None)
     whole = text_nll(model, tokenizer, TEXTS, batch_size=2)
     assert [s.nll for s in apart] == pytest.approx([s.nll for s in whole], rel=1e-6, abs=1e-6)
