@@ -6,7 +6,7 @@
   layer) becomes one oneDNN linear op, and the tanh GELU of a GPT-2 MLP is applied inside its
   first linear layer while the output is still in cache, instead of in a pass of its own over
   an activation four times as wide as the model. With the 1.35M-parameter base model this takes
-  about a sixth off the scoring time (``benchmarks/RESULTS.md``).
+  about 15% off the scoring time (``benchmarks/RESULTS.md``).
 
 The math is the same; outputs differ by rounding (~1e-7). The caller checks the swapped model
 against the model as loaded, and keeps the original when they differ. Training uses the fused
