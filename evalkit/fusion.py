@@ -1,4 +1,4 @@
-"""Faster inference layers, swapped into a model for the duration of a scoring call.
+"""Faster layers, swapped into a model for the duration of a scoring call or a training run.
 
 - transformers' ``NewGELUActivation`` (GPT-2's tanh GELU, five separate ops) becomes the same
   function in one fused op.
