@@ -51,12 +51,12 @@ class OneDNNLinear(torch.nn.Module):
 
 
 def _swaps(
-    model: torch.nn.Module, autocast: bool, backward: bool
+    model: torch.nn.Module, onednn: bool
 ) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
     """(parent, attribute, replacement) for each layer to swap."""
     swaps = []
     onednn = (
-        not (autocast or backward)
+        onednn
         and _onednn_linear() is not None
         and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
     )
@@ -86,22 +86,17 @@ def _holds(check: Callable[[], bool]) -> bool:
 
 
 @contextmanager
-def fast_layers(
-    model: torch.nn.Module,
-    same: Callable[[], bool],
-    *,
-    autocast: bool = False,
-    backward: bool = False,
-):
+def fast_layers(model: torch.nn.Module, same: Callable[[], bool], *, onednn: bool = False):
     """Swap in the faster layers for the duration, unless ``same()`` then says the model's
     outputs changed; yields the number of layers swapped (0 if none or undone).
 
-    ``autocast``: the model will run under autocast; ``backward``: it will be trained. Either
-    leaves out the oneDNN layers (float32 only, no gradient); the fused GELU stays.
+    ``onednn``: the oneDNN layers too, for inference without autocast (they copy the weights,
+    take float32 only and have no gradient); the fused GELU is swapped in either way. The
+    model is changed in place: it should not run elsewhere meanwhile.
     """
     originals = []
     try:
-        for parent, name, replacement in _swaps(model, autocast, backward):
+        for parent, name, replacement in _swaps(model, onednn):
             originals.append((parent, name, getattr(parent, name)))
             setattr(parent, name, replacement)
         if originals and not _holds(same):

@@ -207,7 +207,8 @@ def sequence_nll(
     def same(split=None) -> bool:
         return torch.allclose(score(probe, split)[1], reference, rtol=rtol, atol=1e-4)
 
-    with bar, fast_layers(model, same, autocast=autocast_dtype is not None), workers as pool:
+    onednn = device.type == "cpu" and autocast_dtype is None and _small(model)
+    with bar, fast_layers(model, same, onednn=onednn), workers as pool:
         split = output_layer_split(model) if probe else None
         if split is not None:
             try:
@@ -270,12 +271,17 @@ def _token_batches(rows: list, budget: int) -> list[list]:
 
 
 # Up to this size, a model's ops are short and its batches small: whole batches go to parallel
-# threads. Larger models have matmuls long enough for torch's own threads, and one batch at a
-# time keeps their (vocabulary-wide) logits in memory once.
+# threads, and on the CPU its linear layers are swapped for oneDNN ones (a copy of their
+# weights; see evalkit.fusion). Larger models have matmuls long enough for torch's own threads,
+# and one batch at a time keeps their (vocabulary-wide) logits in memory once.
 SMALL_MODEL_PARAMETERS = 50_000_000
 _threads_lock = threading.Lock()
 _threads_users = 0
 _threads_saved = 1
+
+
+def _small(model) -> bool:
+    return sum(p.numel() for p in model.parameters()) <= SMALL_MODEL_PARAMETERS
 
 
 @contextmanager
@@ -295,7 +301,7 @@ def _cpu_workers(model):
     import torch
 
     threads = torch.get_num_threads()
-    if threads == 1 or sum(p.numel() for p in model.parameters()) > SMALL_MODEL_PARAMETERS:
+    if threads == 1 or not _small(model):
         yield None
         return
     with _threads_lock:

@@ -462,7 +462,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     def same() -> bool:
         return same_loss(probe(TargetNLL(model), first, autocast), reference, autocast_dtype)
 
-    with _Stop() as stop, fast_layers(model, same, backward=True):
+    with _Stop() as stop, fast_layers(model, same):
         objective = target_nll(model, first, autocast, autocast_dtype)
         trained = objective if world == 1 else torch.nn.parallel.DistributedDataParallel(objective)
         bar = tqdm(
