@@ -15,6 +15,8 @@ GELU alone (its gradient is PyTorch's; about a tenth off a CPU step of the base 
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -50,28 +52,50 @@ class OneDNNLinear(torch.nn.Module):
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
+class FusedGPT2MLP(torch.nn.Module):
+    """GPT-2's MLP for inference: ``c_fc`` with its tanh GELU fused in, then ``c_proj``."""
+
+    def __init__(self, mlp: GPT2MLP):
+        super().__init__()
+        self.c_fc = OneDNNLinear(mlp.c_fc, gelu=True)
+        self.c_proj = OneDNNLinear(mlp.c_proj)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.c_fc(hidden_states))
+
+
+def _fusable_mlp(module: torch.nn.Module) -> bool:
+    return (
+        type(module) is GPT2MLP
+        and type(module.c_fc) is Conv1D
+        and type(module.c_proj) is Conv1D
+        and type(module.act) in (NewGELUActivation, GELUTanh)
+    )
+
+
 def _swaps(
     model: torch.nn.Module, onednn: bool
 ) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
-    """(parent, attribute, replacement) for each layer to swap."""
+    """(parent, attribute, replacement) for each layer to swap.
+
+    Each replacement computes what the layer it replaces computes, so a forward pass that runs
+    while the swaps are made or undone sees a consistent model: the MLP is replaced whole.
+    """
     swaps = []
     onednn = (
         onednn
         and _onednn_linear() is not None
         and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
     )
+    replaced = set()
     for parent in model.modules():
-        if (
-            onednn
-            and isinstance(parent, GPT2MLP)
-            and type(parent.act) in (NewGELUActivation, GELUTanh)
-        ):
-            swaps.append((parent, "c_fc", OneDNNLinear(parent.c_fc, gelu=True)))
-            swaps.append((parent, "act", torch.nn.Identity()))
-            swaps.append((parent, "c_proj", OneDNNLinear(parent.c_proj)))
+        if id(parent) in replaced:
             continue
         for name, child in parent.named_children():
-            if onednn and type(child) is Conv1D:
+            if onednn and _fusable_mlp(child):
+                swaps.append((parent, name, FusedGPT2MLP(child)))
+                replaced.add(id(child))
+            elif onednn and type(child) is Conv1D:
                 swaps.append((parent, name, OneDNNLinear(child)))
             elif type(child) is NewGELUActivation:
                 swaps.append((parent, name, GELUTanh()))
@@ -85,25 +109,50 @@ def _holds(check: Callable[[], bool]) -> bool:
         return False
 
 
+# Models swapped now: model -> [callers inside fast_layers, onednn, (parent, name, original)...].
+# Concurrent calls on one model share one set of swaps; the last one out undoes them.
+_swapped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_swapped_lock = threading.Lock()
+
+
 @contextmanager
 def fast_layers(model: torch.nn.Module, same: Callable[[], bool], *, onednn: bool = False):
     """Swap in the faster layers for the duration, unless ``same()`` then says the model's
     outputs changed; yields the number of layers swapped (0 if none or undone).
 
     ``onednn``: the oneDNN layers too, for inference without autocast (they copy the weights,
-    take float32 only and have no gradient); the fused GELU is swapped in either way. The
-    model is changed in place: it should not run elsewhere meanwhile.
+    take float32 only and have no gradient); the fused GELU is swapped in either way.
+    Concurrent calls on one model share the swaps and must ask for the same ``onednn``.
     """
-    originals = []
-    try:
-        for parent, name, replacement in _swaps(model, onednn):
-            originals.append((parent, name, getattr(parent, name)))
-            setattr(parent, name, replacement)
-        if originals and not _holds(same):
-            for parent, name, original in reversed(originals):
-                setattr(parent, name, original)
+    with _swapped_lock:
+        entry = _swapped.get(model)
+        if entry is None:
             originals = []
-        yield len(originals)
+            try:
+                for parent, name, replacement in _swaps(model, onednn):
+                    originals.append((parent, name, getattr(parent, name)))
+                    setattr(parent, name, replacement)
+                kept = not originals or _holds(same)
+            except BaseException:
+                _undo(originals)
+                raise
+            if not kept:
+                _undo(originals)
+                originals = []
+            entry = _swapped[model] = [0, onednn, originals]
+        elif entry[1] != onednn:
+            raise RuntimeError("the model is in use with other fast layers (onednn differs)")
+        entry[0] += 1
+    try:
+        yield len(entry[2])
     finally:
-        for parent, name, original in reversed(originals):
-            setattr(parent, name, original)
+        with _swapped_lock:
+            entry[0] -= 1
+            if entry[0] == 0:
+                _undo(entry[2])
+                del _swapped[model]
+
+
+def _undo(originals: list) -> None:
+    for parent, name, original in reversed(originals):
+        setattr(parent, name, original)

@@ -45,7 +45,8 @@ import numpy as np
 DEFAULT_CONTEXT = 2048  # lm-eval's fallback when neither the config nor the tokenizer says
 # Tokens in a CPU batch (padding included), at most: the fastest size measured on the 2-core VM
 # with the 1.35M-parameter base model and its GELU fused (median of 8 runs: 1,024 tokens 1.84 s,
-# 4,096 1.68 s, 8,192 1.69 s for 2,000 texts).
+# 4,096 1.68 s, 8,192 1.69 s for 2,000 texts). A quarter of that where the whole model runs and
+# every position's logits over the vocabulary are kept.
 CPU_BATCH_TOKENS = 4096
 
 
@@ -148,10 +149,6 @@ def sequence_nll(
     # share a batch, so there is little padding.
     rows.sort(key=lambda r: r[1] - r[2])
     device = next(model.parameters()).device
-    budget = batch_size * max_length
-    if device.type == "cpu":  # parallelism comes from the workers; small batches stay in cache
-        budget = min(budget, CPU_BATCH_TOKENS)
-    batches = _token_batches(rows, budget)
 
     def score(batch, split=None):
         """(owners, summed NLL of each row, scored positions of each row) of one batch."""
@@ -196,11 +193,10 @@ def sequence_nll(
                 row_nll = _split_nll(split, inputs, labels_t, 128 if device.type == "cpu" else 4096)
         return owners, row_nll, (labels != -100).sum(axis=1)
 
-    bar = tqdm(total=len(batches), desc="perplexity", disable=not progress or None)
     workers = _cpu_workers(model) if device.type == "cpu" else nullcontext()
     # Faster layers and the output layer apart, each once the first rows prove it the same
     # model: bf16 rounds the ways differently; soft-capped logits differ far more.
-    probe = batches[0][:2] if batches else None
+    probe = rows[:2]
     reference = score(probe)[1] if probe else None
     rtol = 1e-5 if autocast_dtype is None else 1e-2
 
@@ -208,16 +204,21 @@ def sequence_nll(
         return torch.allclose(score(probe, split)[1], reference, rtol=rtol, atol=1e-4)
 
     onednn = device.type == "cpu" and autocast_dtype is None and _small(model)
-    with bar, fast_layers(model, same, onednn=onednn), workers as pool:
+    with fast_layers(model, same, onednn=onednn), workers as pool:
         split = output_layer_split(model) if probe else None
         if split is not None:
             try:
                 split = split if same(split) else None
             except Exception:  # a body that does not take these inputs: use the whole model
                 split = None
+        budget = batch_size * max_length
+        if device.type == "cpu":  # parallelism comes from the workers; small batches stay in cache
+            budget = min(budget, CPU_BATCH_TOKENS if split else CPU_BATCH_TOKENS // 4)
+        batches = _token_batches(rows, budget)
         run = functools.partial(score, split=split)
-        scored = pool.map(run, batches) if pool else map(run, batches)
-        results = [bar.update() or result for result in scored]
+        with tqdm(total=len(batches), desc="perplexity", disable=not progress or None) as bar:
+            scored = pool.map(run, batches) if pool else map(run, batches)
+            results = [bar.update() or result for result in scored]
     totals = np.zeros(len(arrays), dtype=np.float64)
     counts = np.zeros(len(arrays), dtype=np.int64)
     for owners, row_nll, positions in results:  # in batch order: the same sums every run
@@ -240,9 +241,10 @@ def _split_nll(split, inputs: dict, labels, chunk: int):
     states, targets = hidden[rows, cols], labels[rows, cols]
     # |logit| <= |state| * max |weight row| + max |bias|. Within ±(87 - ln vocabulary), exp can
     # neither overflow in the sum nor underflow to zero, so the log-sum-exp needs no max pass.
-    bound = states.float().norm(dim=1) * head.weight.float().norm(dim=1).max()
+    norm = functools.partial(torch.linalg.vector_norm, dim=1, dtype=torch.float32)
+    bound = norm(states) * norm(head.weight).max()
     if head.bias is not None:
-        bound += head.bias.float().abs().max()
+        bound += head.bias.abs().max().float()
     unshifted = bool((bound < 87 - math.log(head.weight.shape[0])).all())
     nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
     for start in range(0, len(targets), chunk):
