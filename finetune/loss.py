@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from evalkit.models import output_layer_split
-
-IGNORE = -100
+from finetune.packing import IGNORE
 
 
 class TargetNLL(torch.nn.Module):
