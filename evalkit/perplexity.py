@@ -123,7 +123,7 @@ def sequence_nll(
     import torch
     from tqdm.auto import tqdm
 
-    from evalkit.fusion import fast_layers
+    from evalkit.fusion import fast_layers, same_within_rounding
     from evalkit.models import output_layer_split
 
     stride = stride or max_length
@@ -194,14 +194,12 @@ def sequence_nll(
         return owners, row_nll, (labels != -100).sum(axis=1)
 
     workers = _cpu_workers(model) if device.type == "cpu" else nullcontext()
-    # Faster layers and the output layer apart, each once the first rows prove it the same
-    # model: bf16 rounds the ways differently; soft-capped logits differ far more.
+    # Faster layers and the output layer apart, each once the first rows prove it the same model.
     probe = rows[:2]
     reference = score(probe)[1] if probe else None
-    rtol = 1e-5 if autocast_dtype is None else 1e-2
 
     def same(split=None) -> bool:
-        return torch.allclose(score(probe, split)[1], reference, rtol=rtol, atol=1e-4)
+        return same_within_rounding(score(probe, split)[1], reference, autocast_dtype is not None)
 
     onednn = device.type == "cpu" and autocast_dtype is None and _small(model)
     with fast_layers(model, same, onednn=onednn), workers as pool:

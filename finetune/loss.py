@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from evalkit.fusion import same_within_rounding
 from evalkit.models import output_layer_split
 from finetune.packing import IGNORE
 
@@ -50,20 +51,14 @@ def probe(loss: TargetNLL, batch: dict, autocast) -> torch.Tensor:
         loss.model.train(training)
 
 
-def same_loss(a: torch.Tensor, b: torch.Tensor, autocast_dtype=None) -> bool:
-    """Two probes of one batch agree within rounding (bf16 rounds two ways differently)."""
-    return torch.allclose(a, b, rtol=1e-5 if autocast_dtype is None else 1e-2)
-
-
-def target_nll(model, batch: dict, autocast, autocast_dtype=None) -> TargetNLL:
-    """The model's training loss: the output layer apart where ``batch`` gives the same loss."""
-    whole, apart = TargetNLL(model), TargetNLL(model, apart=True)
+def target_nll(model, batch: dict, autocast, reference: torch.Tensor, bf16: bool) -> TargetNLL:
+    """The model's training loss: the output layer apart where ``batch`` gives the
+    ``reference`` loss (the whole model's) with it."""
+    apart = TargetNLL(model, apart=True)
     if apart.split is None:
-        return whole
+        return TargetNLL(model)
     try:
-        agree = same_loss(
-            probe(apart, batch, autocast), probe(whole, batch, autocast), autocast_dtype
-        )
+        agree = same_within_rounding(probe(apart, batch, autocast), reference, bf16)
     except Exception:  # a body that does not take these inputs
         agree = False
-    return apart if agree else whole
+    return apart if agree else TargetNLL(model)

@@ -264,9 +264,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     import numpy as np
     import torch
 
-    from evalkit.fusion import fast_layers
+    from evalkit.fusion import fast_layers, same_within_rounding
     from evalkit.models import chat_template_fingerprint, load_model, model_hash
-    from finetune.loss import TargetNLL, probe, same_loss, target_nll
+    from finetune.loss import TargetNLL, probe, target_nll
     from finetune.packing import collate, encode, pack
 
     cfg = config
@@ -377,7 +377,6 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
     pad_id = tokenizer.pad_token_id or 0
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast_dtype = torch.bfloat16 if bf16 else None
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -438,13 +437,14 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     # Two speed-ups, each taken only where the first batch gives the same loss with it: the
     # fused GELU (evalkit.fusion) and the output layer run only at target tokens (finetune.loss).
     first = _to(device, collate(train_set, rows_for_step(0)[:: cfg.grad_accum], pad_id))
-    reference = probe(TargetNLL(model), first, autocast)
+    whole = TargetNLL(model)
+    reference = probe(whole, first, autocast)
 
     def same() -> bool:
-        return same_loss(probe(TargetNLL(model), first, autocast), reference, autocast_dtype)
+        return same_within_rounding(probe(whole, first, autocast), reference, bf16)
 
     with _Stop() as stop, fast_layers(model, same):
-        objective = target_nll(model, first, autocast, autocast_dtype)
+        objective = target_nll(model, first, autocast, reference, bf16)
         trained = objective if world == 1 else torch.nn.parallel.DistributedDataParallel(objective)
         bar = tqdm(
             total=total_steps,

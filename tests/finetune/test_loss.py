@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from evalkit.models import load_model
-from finetune.loss import TargetNLL, target_nll
+from finetune.loss import TargetNLL, probe, target_nll
 from finetune.packing import collate, encode, pack
 from finetune.train import _read_split
 
@@ -41,7 +41,12 @@ def test_output_layer_apart_gives_the_same_loss_and_gradients(batch_and_model):
 
 def test_logits_changed_after_the_output_layer_keep_the_whole_model(batch_and_model):
     batch, model = batch_and_model
-    plain = target_nll(model, batch, contextlib.nullcontext)
+
+    def chosen():
+        reference = probe(TargetNLL(model), batch, contextlib.nullcontext)
+        return target_nll(model, batch, contextlib.nullcontext, reference, bf16=False)
+
+    plain = chosen()
     assert plain.split is not None
     forward = model.forward
 
@@ -51,4 +56,4 @@ def test_logits_changed_after_the_output_layer_keep_the_whole_model(batch_and_mo
         return out
 
     model.forward = soft_capped
-    assert target_nll(model, batch, contextlib.nullcontext).split is None
+    assert chosen().split is None
