@@ -48,6 +48,7 @@ DEFAULT_CONTEXT = 2048  # lm-eval's fallback when neither the config nor the tok
 # 4,096 1.68 s, 8,192 1.69 s for 2,000 texts). A quarter of that where the whole model runs and
 # every position's logits over the vocabulary are kept.
 CPU_BATCH_TOKENS = 4096
+PADDING_SLACK = 0.05  # rows of a batch are at most this much shorter than its longest
 
 
 @dataclass(frozen=True)
@@ -193,16 +194,17 @@ def sequence_nll(
                 row_nll = _split_nll(split, inputs, labels_t, 128 if device.type == "cpu" else 4096)
         return owners, row_nll, (labels != -100).sum(axis=1)
 
-    workers = _cpu_workers(model) if device.type == "cpu" else nullcontext()
-    # Faster layers and the output layer apart, each once the first rows prove it the same model.
-    probe = rows[:2]
+    workers = _cpu_workers(model) if device.type == "cpu" else nullcontext((None, 1))
+    # Faster layers and the output layer apart, each once two rows prove it the same model: two
+    # of median length, cheaper than the longest and as telling.
+    probe = rows[len(rows) // 2 : len(rows) // 2 + 2]
     reference = score(probe)[1] if probe else None
 
     def same(split=None) -> bool:
         return same_within_rounding(score(probe, split)[1], reference, autocast_dtype is not None)
 
     onednn = device.type == "cpu" and autocast_dtype is None and _small(model)
-    with fast_layers(model, same, onednn=onednn), workers as pool:
+    with fast_layers(model, same, onednn=onednn), workers as (pool, threads):
         split = output_layer_split(model) if probe else None
         if split is not None:
             try:
@@ -212,7 +214,7 @@ def sequence_nll(
         budget = batch_size * max_length
         if device.type == "cpu":  # parallelism comes from the workers; small batches stay in cache
             budget = min(budget, CPU_BATCH_TOKENS if split else CPU_BATCH_TOKENS // 4)
-        batches = _token_batches(rows, budget)
+        batches = _token_batches(rows, budget, threads)
         run = functools.partial(score, split=split)
         with tqdm(total=len(batches), desc="perplexity", disable=not progress or None) as bar:
             scored = pool.map(run, batches) if pool else map(run, batches)
@@ -259,14 +261,31 @@ def _split_nll(split, inputs: dict, labels, chunk: int):
     return totals.index_add_(0, rows, nll.double())
 
 
-def _token_batches(rows: list, budget: int) -> list[list]:
-    """Consecutive rows (longest first) in batches of at most ``budget`` padded tokens."""
+def _token_batches(rows: list, budget: int, workers: int = 1) -> list[list]:
+    """Consecutive rows (longest first) in batches of at most ``budget`` padded tokens.
+
+    A batch also ends where the next row would bring its padding over ``PADDING_SLACK`` of its
+    tokens (and over ``budget // 32`` tokens: a batch costs more than that much padding), so
+    little compute goes to padding. With several workers the last batches shrink (guided
+    scheduling: at most a ``2 * workers``-th of the tokens left each), so the workers finish
+    together instead of one waiting for the other's last full batch.
+    """
+    widths = [max(r[2] - r[1] - 1, 1) for r in rows]
+    left = sum(widths)
     batches, start = [], 0
     while start < len(rows):
-        width = rows[start][2] - rows[start][1] - 1
-        size = max(1, budget // max(width, 1))
-        batches.append(rows[start : start + size])
-        start += size
+        width = widths[start]
+        size = budget if workers == 1 else max(min(budget, left // (2 * workers)), budget // 8)
+        end, tokens = start + 1, width
+        while end < len(rows) and (end - start + 1) * width <= size:
+            padding = (end - start + 1) * width - tokens - widths[end]
+            if padding > max(PADDING_SLACK * (end - start + 1) * width, budget // 32):
+                break
+            tokens += widths[end]
+            end += 1
+        batches.append(rows[start:end])
+        left -= tokens
+        start = end
     return batches
 
 
@@ -286,7 +305,8 @@ def _small(model) -> bool:
 
 @contextmanager
 def _cpu_workers(model):
-    """Where CPU batches run: one worker thread per core for a small model, else the caller.
+    """Where CPU batches run, and on how many threads: one worker thread per core for a small
+    model, else the caller (``(None, 1)``).
 
     A small model's ops are too short for torch's intra-op threads: the threads mostly wait for
     each other, and on a busy machine (CI runners, shared VMs) every op waits until all of them
@@ -302,7 +322,7 @@ def _cpu_workers(model):
 
     threads = torch.get_num_threads()
     if threads == 1 or not _small(model):
-        yield None
+        yield None, 1
         return
     with _threads_lock:
         if _threads_users == 0:
@@ -311,7 +331,7 @@ def _cpu_workers(model):
         _threads_users += 1
     try:
         with ThreadPoolExecutor(threads, thread_name_prefix="evalkit-perplexity") as pool:
-            yield pool
+            yield pool, threads
     finally:
         with _threads_lock:
             _threads_users -= 1

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from evalkit.models import load_model
 from evalkit.perplexity import (
+    PADDING_SLACK,
+    _token_batches,
     bits_per_byte,
     byte_perplexity,
     context_length,
@@ -113,6 +115,21 @@ def test_batch_size_and_padding_do_not_change_the_result(micro_model):
     assert [s.nll for s in many] == pytest.approx([s.nll for s in one], rel=1e-5, abs=1e-6)
     assert one[4].nll == 0 and one[4].tokens == 0  # nothing to score in an empty text
     assert context_length(model, tokenizer) == 64
+
+
+@given(st.lists(st.integers(1, 300), max_size=400), st.sampled_from([256, 4096]), st.integers(1, 4))
+def test_token_batches_hold_each_row_once_within_budget_little_padding(widths, budget, workers):
+    rows = sorted(((i, 0, w + 1, 1) for i, w in enumerate(widths)), key=lambda r: r[1] - r[2])
+    batches = _token_batches(rows, budget, workers)
+    assert [r for batch in batches for r in batch] == rows  # in order, each once
+    for batch in batches:
+        width = batch[0][2] - 1
+        padded = len(batch) * width
+        padding = padded - sum(r[2] - 1 for r in batch)
+        assert len(batch) == 1 or padded <= budget
+        assert len(batch) == 1 or padding <= max(PADDING_SLACK * padded, budget // 32)
+    if workers > 1 and len(batches) > 2 * workers:  # the last batches are the smaller ones
+        assert sum(r[2] - 1 for r in batches[-1]) <= max(budget // 8, batches[-1][0][2] - 1)
 
 
 def _per_token_nll(model, seq, max_length, stride):
