@@ -17,10 +17,10 @@ tokens, so two runs can be compared example by example. The definition is lm-eva
   a smaller stride gives each window ``max_length - stride + 1`` tokens of context.
 
 Speed (the figures are in ``benchmarks/RESULTS.md``): windows are sorted by length and batched
-by a token budget; the model runs without a key-value cache and with fused layers
-(:mod:`evalkit.fusion`); the output layer runs only at the scored positions, its log-sum-exp
-taken by cache-sized chunks; on the CPU a small model's batches run on one thread per core
-rather than splitting every op across cores.
+by a token budget with little padding; the model runs without a key-value cache and with fused
+layers (:mod:`evalkit.fusion`); the output layer runs only at the scored positions, its
+log-sum-exp taken by cache-sized chunks; on the CPU a small model's batches run on one thread
+per core rather than splitting every op across cores.
 
 Aggregates, as lm-eval's:
 
