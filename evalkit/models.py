@@ -116,7 +116,7 @@ def output_layer_split(model):
     Scoring or training through them runs the output layer only where a token is scored:
     padding, context and masked positions cost no vocabulary-wide logits. Models that change
     the logits afterwards (soft-capping, scaling) do not fit; callers compare the two ways on
-    their first rows before taking this one.
+    a few rows before taking this one.
     """
     import torch
 
