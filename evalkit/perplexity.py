@@ -33,6 +33,7 @@ Aggregates, as lm-eval's:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 import threading
@@ -399,12 +400,12 @@ def _encode(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
         getattr(type(tokenizer), name, None) is getattr(base, name, None)
         for name in _ENCODE_METHODS
     )
-    fast = getattr(tokenizer.backend_tokenizer, "encode_batch_fast", None) if plain else None
-    sample = [i for i, text in enumerate(texts) if text.strip()][:2]
+    backend = tokenizer.backend_tokenizer if plain else None
+    fast = getattr(backend, "encode_batch_fast", None)
+    sample = list(itertools.islice((i for i, text in enumerate(texts) if text.strip()), 2))
     if fast is not None and sample:
         # The call first sets the Rust tokenizer as it encodes (no truncation, no padding).
         expected = tokenizer([texts[i] for i in sample], add_special_tokens=special)["input_ids"]
-        backend = tokenizer.backend_tokenizer
         if not backend.truncation and not backend.padding:
             encoded = [e.ids for e in fast(texts, add_special_tokens=special)]
             if [encoded[i] for i in sample] == expected:
