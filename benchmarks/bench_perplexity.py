@@ -11,7 +11,10 @@ and must agree on word perplexity within 1e-4 relative. Reported:
   (its CLI, at its best batch size) and ``python -m evalkit.perplexity MODEL TEXTS``.
 
 Each figure is the fastest of ``--repeat`` runs, after one lm-eval warm-up run (imports, the
-datasets cache of the JSONL, which the CLI runs then reuse). ``--threads N`` pins both to N
+datasets cache of the JSONL, which the CLI runs then reuse). The in-process ratio is then measured
+again in ``--pairs`` back-to-back pairs (evalkit and lm-eval at its best batch size, the order
+alternating), and their median ratio reported with the range: a VM's speed drifts by 5-10% over
+the minutes between the fastest runs of each, not within a pair. ``--threads N`` pins both to N
 torch threads, in and out of process.
 
     .venv/bin/pip install -e ".[dev]"
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,6 +124,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads of both, in and out of process")
     parser.add_argument("--lm-eval-batch-sizes", default="1,2,4,8,16", help="lm-eval's to try")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the fastest counts")
+    parser.add_argument("--pairs", type=int, default=7, help="back-to-back evalkit/lm-eval pairs")
     args = parser.parse_args()
 
     import lm_eval.evaluator
@@ -158,6 +163,16 @@ def main() -> None:
             print(f"lm-eval batch size {bs}: {tokens / theirs[bs][1]:,.0f} tokens/s", flush=True)
         best = min(theirs, key=lambda bs: theirs[bs][1])
         theirs_ppl, theirs_s = theirs[best]
+        paired = []
+        for i in range(args.pairs):
+            pair = [
+                lambda: run_evalkit(model_dir, data, args.batch_size)[2],
+                lambda: run_lm_eval(model_dir, task_manager, best)[1],
+            ]
+            order = pair if i % 2 == 0 else pair[::-1]
+            seconds = [run() for run in order]
+            ours_i, theirs_i = seconds if i % 2 == 0 else seconds[::-1]
+            paired.append(theirs_i / ours_i)
 
         evalkit_cli = [sys.executable, "-m", "evalkit.perplexity", str(model_dir), str(data)]
         evalkit_cli += ["--batch-size", str(args.batch_size), "--device", "cpu"]
@@ -186,6 +201,11 @@ def main() -> None:
     for name, seconds in rows:
         print(f"{name:<36}{seconds:>9.2f}{tokens / seconds:>11,.0f}")
     print(f"tokens/s ratio evalkit / lm-eval (batch {best}): {theirs_s / ours_s:.2f}x")
+    if paired:
+        print(
+            f"the same in {len(paired)} back-to-back pairs: "
+            f"median {statistics.median(paired):.2f}x (range {min(paired):.2f}-{max(paired):.2f}x)"
+        )
     print(f"{'whole process (subprocess)':<36}{'seconds':>9}")
     print(f"{'python -m evalkit.perplexity':<36}{ours_wall:>9.2f}")
     print(f"{f'lm_eval CLI, batch {best}':<36}{theirs_wall:>9.2f}")
