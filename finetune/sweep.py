@@ -11,7 +11,7 @@ import itertools
 import json
 import math
 import random
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
@@ -59,9 +59,16 @@ def _run_trial(base: TrainConfig, params: dict, out: Path, index: int) -> dict:
     run = out / f"trial-{index:03d}"
     row = {"trial": index, "run": str(run), **params}
     summary_file = run / "summary.json"
+    config = replace(base, out=str(run), **params)
+    saved = json.loads((run / "config.json").read_text()) if summary_file.exists() else None
+    if saved is not None and saved != json.loads(json.dumps(asdict(config))):
+        raise EvalkitError(
+            f"{run} holds a finished trial with other options",
+            hint="sweep into a new --out, or remove that trial's directory",
+        )
     if not summary_file.exists():
         try:
-            train(replace(base, out=str(run), **params), resume=(run / "config.json").exists())
+            train(config, resume=(run / "config.json").exists())
         except EvalkitError as exc:
             return row | {"val_ppl": None, "error": str(exc).splitlines()[0]}
     loss = json.loads(summary_file.read_text())["best_val_loss"]

@@ -75,6 +75,8 @@ class TrainConfig:
                 raise EvalkitError(f"{name} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise EvalkitError("max_steps must be at least 1")
+        if self.patience is not None and self.patience < 1:
+            raise EvalkitError("patience must be at least 1 evaluation (or unset: no early stop)")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -129,7 +131,14 @@ def _read_split(data: Path, split: str) -> list[list[dict]]:
         raise EvalkitError(
             f"{data} has no {split}.jsonl", hint="pass a directory from `evalkit data prepare`"
         )
-    return [r["messages"] for r in read_jsonl(path)]
+    records = read_jsonl(path)
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+            raise EvalkitError(
+                f"{path}: record {number} has no list of messages",
+                hint="pass a directory from `evalkit data prepare`",
+            )
+    return [r["messages"] for r in records]
 
 
 def _lr_lambda(cfg: TrainConfig, total_steps: int):
@@ -192,21 +201,31 @@ def _distributed(device: str | None):
 
 
 def _atomic_dir(final: Path, write) -> None:
-    """Write a directory under a temporary name, then rename it: never half a checkpoint."""
-    tmp = final.with_name(f".tmp-{final.name}")
+    """Write a directory under a temporary name, then rename it: never half a checkpoint.
+
+    A failed write (a full disk shows as ``OSError``, or as ``RuntimeError`` from
+    ``torch.save`` and ``SafetensorError`` from safetensors) leaves the previous one intact.
+    """
+    from safetensors import SafetensorError
+
+    tmp, old = final.with_name(f".tmp-{final.name}"), final.with_name(f".old-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except OSError as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(final.parent if final.parent.exists() else ".").free
         raise EvalkitError(
-            f"cannot write {final}: {exc.strerror or exc}",
+            f"cannot write {final}: {getattr(exc, 'strerror', None) or exc} "
+            f"({free / 2**20:,.0f} MiB free on its disk)",
             hint="free disk space; the previous checkpoint is intact, resume with --resume",
         ) from exc
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)  # renames, not a slow delete, between the two versions
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_model(model, tokenizer, lora: bool, path: Path, lineage: dict) -> None:
@@ -294,8 +313,17 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     torch.manual_seed(cfg.seed)
 
     model, tokenizer = load_model(cfg.base, device="cpu")
+    # The weights train in float32, whatever the checkpoint's dtype: most updates to bf16
+    # weights would round away. CUDA computes in bf16 under autocast.
+    model.float()
     base_hash = model_hash(cfg.base)
-    max_length = cfg.max_length or model.config.max_position_embeddings
+    context = model.config.max_position_embeddings
+    max_length = cfg.max_length or context
+    if max_length > context:
+        raise EvalkitError(
+            f"max_length {max_length} is longer than the model's context ({context} tokens)",
+            hint=f"pass --max-length {context} or less",
+        )
     manifest_path = data / "manifest.json"
     dataset_hash = (
         json.loads(manifest_path.read_text()).get("dataset_hash")
@@ -382,6 +410,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     state = {"step": 0, "best_loss": math.inf, "best_step": None, "stale_evals": 0}
+
+    def patience_spent() -> bool:
+        return cfg.patience is not None and state["stale_evals"] >= cfg.patience
+
     if resume and (checkpoint := _latest_checkpoint(run)):
         model.load_state_dict(torch.load(checkpoint / "model.pt", map_location=device))
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device))
@@ -392,6 +424,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        metrics = run / "metrics.jsonl"
+        if metrics.exists():  # steps after the checkpoint run again: their lines go
+            lines = metrics.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["step"] <= state["step"]]
+            metrics.write_text("".join(line + "\n" for line in kept))
 
     def evaluate() -> float:
         model.eval()
@@ -452,14 +489,16 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
             desc="fine-tuning",
             disable=None if rank == 0 else True,
         )
-        while state["step"] < total_steps:
+        while state["step"] < total_steps and not patience_spent():
             step = state["step"]
             mine = rows_for_step(step)
             micro = [mine[i :: cfg.grad_accum] for i in range(cfg.grad_accum)]
             batches = [collate(train_set, rows, pad_id) for rows in micro]
             # Normalize by the target tokens of the whole global batch, so one process and N
             # processes (and any accumulation) give the same gradient.
-            count = torch.tensor(float(sum((b["labels"][:, 1:] != -100).sum() for b in batches)))
+            count = torch.tensor(
+                float(sum((b["labels"][:, 1:] != -100).sum() for b in batches)), device=device
+            )
             if world > 1:
                 torch.distributed.all_reduce(count)
             total_nll = 0.0
@@ -472,7 +511,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
                     (nll * world / count).backward()
                 total_nll += nll.item()
             if world > 1:
-                summed = torch.tensor(total_nll)
+                summed = torch.tensor(total_nll, device=device)
                 torch.distributed.all_reduce(summed)
                 total_nll = summed.item()
             loss = total_nll / count.item()
@@ -480,12 +519,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
                 last = _latest_checkpoint(run)
                 raise EvalkitError(
                     f"the loss became {loss} at step {step + 1}",
-                    hint=f"lower --learning-rate; the last good checkpoint is {last}"
-                    if last
-                    else "lower --learning-rate",
+                    hint="start a new run (another --out) with a lower --learning-rate"
+                    + (f"; the last checkpoint with a finite loss is {last}" if last else ""),
                 )
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            lr = scheduler.get_last_lr()[0]  # this step's
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] = step + 1
@@ -498,7 +537,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
                 record = {
                     "step": state["step"],
                     "loss": round(loss, 5),
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": lr,
                     "tokens_per_s": round(window_tokens / elapsed, 1),
                 }
                 window_tokens, window_start = 0, time.perf_counter()
@@ -517,8 +556,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
             if record and rank == 0:
                 with open(run / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
-            early = cfg.patience is not None and state["stale_evals"] >= cfg.patience
+            early = patience_spent()
             stopping = stop.signal  # read once: a signal arriving now waits for the next step
+            if world > 1:  # every process stops at the same step, whichever got the signal
+                flag = torch.tensor(stopping or 0, device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                stopping = int(flag.item()) or None
             if stopping or early or state["step"] % cfg.save_every == 0:
                 checkpoint_now()
             if stopping:

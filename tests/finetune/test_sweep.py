@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -53,6 +54,9 @@ def test_grid_ranks_every_combination(base, tmp_path):
     stamp = (tmp_path / "trial-000" / "model" / "model.safetensors").stat().st_mtime
     assert sweep(base, {"learning_rate": [1e-2, 1e-4], "batch_size": [2, 4]}, tmp_path) == rows
     assert (tmp_path / "trial-000" / "model" / "model.safetensors").stat().st_mtime == stamp
+    # Other options into the same folder do not pass its old trials off as theirs.
+    with pytest.raises(EvalkitError, match="finished trial with other options"):
+        sweep(replace(base, seed=1), {"learning_rate": [1e-2, 1e-4]}, tmp_path)
 
 
 @pytest.mark.parametrize("method", ["random", "optuna"])

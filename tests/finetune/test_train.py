@@ -1,10 +1,12 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -180,20 +182,31 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(micro_model, topics_d
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-1"]
 
 
-def test_full_disk_leaves_no_broken_checkpoint(micro_model, topics_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "full",
+    [
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+        # what torch.save itself raises when the disk fills mid-file
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"),
+    ],
+)
+def test_full_disk_leaves_no_broken_checkpoint(
+    micro_model, topics_dataset, tmp_path, monkeypatch, full
+):
     calls = {"n": 0}
     real_save = torch.save
 
     def save(obj, path, *a, **kw):
         calls["n"] += 1
         if calls["n"] > 5:  # the first checkpoint (5 files) fits, the next does not
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise full
         return real_save(obj, path, *a, **kw)
 
     monkeypatch.setattr(torch, "save", save)
     run = tmp_path / "run"
-    with pytest.raises(EvalkitError, match="No space left on device") as info:
+    with pytest.raises(EvalkitError, match=r"cannot write .*step-4.* MiB free") as info:
         train(config(micro_model, topics_dataset, run))
+    assert (full.strerror if isinstance(full, OSError) else str(full)) in str(info.value)
     assert "resume" in info.value.hint
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-2"]
     assert len(list((run / "checkpoints" / "step-2").iterdir())) == 5
@@ -239,16 +252,75 @@ def test_two_processes_match_one_with_the_same_global_batch(micro_model, topics_
 
 def test_early_stopping_after_patience_evaluations(micro_model, topics_dataset, tmp_path):
     # A zero learning rate never improves on the first evaluation.
-    run = train(
-        config(
-            micro_model,
-            topics_dataset,
-            tmp_path / "run",
-            max_steps=12,
-            eval_every=2,
-            patience=2,
-            learning_rate=0.0,
-        )
+    cfg = config(
+        micro_model,
+        topics_dataset,
+        tmp_path / "run",
+        max_steps=12,
+        eval_every=2,
+        patience=2,
+        learning_rate=0.0,
     )
+    run = train(cfg)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["best_step"] == 2
+    # Resuming a run whose patience is spent trains no further step.
+    train(cfg, resume=True)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+def test_a_bf16_base_trains_float32_weights(micro_model, topics_dataset, tmp_path):
+    base = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(micro_model).to(torch.bfloat16).save_pretrained(base)
+    for f in Path(micro_model).iterdir():
+        if not (base / f.name).exists():
+            (base / f.name).write_bytes(f.read_bytes())
+    before = load_file(base / "model.safetensors")
+    assert before["transformer.h.0.mlp.c_fc.weight"].dtype == torch.bfloat16
+    # One small step moves every weight of a block by about the learning rate: far below
+    # bf16's resolution for most of them, so they only move when training in float32.
+    cfg = config(base, topics_dataset, tmp_path / "run", max_steps=1, warmup_steps=0)
+    run = train(replace(cfg, learning_rate=1e-5))
+    after = weights(run)["transformer.h.0.mlp.c_fc.weight"]
+    assert after.dtype == torch.float32
+    moved = (after != before["transformer.h.0.mlp.c_fc.weight"].float()).float().mean()
+    assert moved > 0.99
+
+
+def test_the_logged_learning_rate_is_the_one_each_step_used(micro_model, topics_dataset, tmp_path):
+    run = train(config(micro_model, topics_dataset, tmp_path / "run", max_steps=3, warmup_steps=2))
+    logged = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lr = TrainConfig.learning_rate
+    assert logged[:2] == [pytest.approx(lr / 2), pytest.approx(lr)]
+
+
+def test_a_crashed_run_resumes_without_repeated_metrics(micro_model, topics_dataset, tmp_path):
+    cfg = config(micro_model, topics_dataset, tmp_path / "run")
+    run = train(cfg)
+    # As if killed after step 5, its last checkpoint at step 4.
+    shutil.rmtree(run / "checkpoints" / "step-6")
+    (run / "summary.json").unlink()
+    train(cfg, resume=True)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(patience=0), "patience must be at least 1"),
+        (dict(max_length=10_000), "longer than the model's context"),
+    ],
+)
+def test_bad_options(micro_model, topics_dataset, tmp_path, change, message):
+    with pytest.raises(EvalkitError, match=message):
+        train(config(micro_model, topics_dataset, tmp_path / "run", **change))
+
+
+def test_records_without_messages(micro_model, topics_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(topics_dataset, data)
+    lines = (data / "train.jsonl").read_text().splitlines()
+    (data / "train.jsonl").write_text("\n".join([lines[0], '{"text": "hi"}', *lines[1:]]) + "\n")
+    with pytest.raises(EvalkitError, match=r"train\.jsonl: record 2 has no list of messages"):
+        train(config(micro_model, data, tmp_path / "run"))
