@@ -67,11 +67,14 @@ def load_scores(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, TaskSc
             "SELECT DISTINCT metric FROM eval_scores WHERE run_id = ? AND task = ? ORDER BY metric",
             [run_id, task],
         ).fetchall()
+        # Rows by the example's place among the task's examples, so an example without a score
+        # stays empty (NaN) instead of taking the next one's.
         cells = con.execute(
-            "SELECT dense_rank() OVER (ORDER BY example_id) - 1 AS row, "
-            "dense_rank() OVER (ORDER BY metric) - 1 AS col, value "
-            "FROM eval_scores WHERE run_id = ? AND task = ?",
-            [run_id, task],
+            "SELECT e.row, dense_rank() OVER (ORDER BY s.metric) - 1 AS col, s.value "
+            "FROM eval_scores s JOIN (SELECT example_id, row_number() OVER "
+            "(ORDER BY example_id) - 1 AS row FROM eval_examples WHERE run_id = ? AND task = ?) e "
+            "USING (example_id) WHERE s.run_id = ? AND s.task = ?",
+            [run_id, task, run_id, task],
         ).fetchnumpy()
         table = np.full((len(examples), len(columns)), np.nan)
         table[np.asarray(cells["row"]), np.asarray(cells["col"])] = np.asarray(cells["value"])
@@ -98,6 +101,11 @@ class MetricComparison:
     n: int
     higher_is_better: bool | None
     min_detectable: float  # at 80% power, alpha 0.05, from the bootstrap spread
+    # The same for the relative change, (candidate - baseline) / |baseline| resampled as
+    # such (NaN for a baseline of 0).
+    relative_low: float = math.nan
+    relative_high: float = math.nan
+    relative_min_detectable: float = math.nan
 
     @property
     def relative(self) -> float:
@@ -183,8 +191,19 @@ def compare_tables(
     )
     index = {key: i for i, key in enumerate(keys)}
     tables = {task: (b, c) for task, _, b, c in entries}
+    for task, col in keys:
+        for run, table in zip(("baseline", "candidate"), tables[task]):
+            missing = ~np.isfinite(table.column(col))
+            if missing.any():
+                ids = [table.example_ids[i] for i in np.flatnonzero(missing)[:3]]
+                raise EvalkitError(
+                    f"the {run} run's {task}/{col} is missing or not a number for "
+                    f"{int(missing.sum())} examples (e.g. {', '.join(map(str, ids))})",
+                    hint="evaluate the model again: a run's scores must cover every example",
+                )
     b = np.column_stack([tables[task][0].column(col) for task, col in keys])
     c = np.column_stack([tables[task][1].column(col) for task, col in keys])
+    few = len(b) < 2  # one example: no spread to resample, nothing can be shown significant
     width = len(keys)
     sums = bootstrap_sums(np.hstack([b, c]), n_resamples=n_resamples, seed=seed)
     size = sums[:, -1:]
@@ -211,6 +230,13 @@ def compare_tables(
                 p = float(p_values[(task, metric.test_column)])
             else:
                 p = _sacrebleu_p_value(dist_b, dist_c, observed)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = dist / np.abs(dist_b)  # each resample's relative change
+            if value_b == 0 or not np.isfinite(ratio).all():
+                relative = math.nan, math.nan, math.nan
+            else:
+                spread = math.inf if few else float(z * np.std(ratio, ddof=1))
+                relative = *percentile_interval(ratio), spread
             out.append(
                 MetricComparison(
                     task,
@@ -220,11 +246,12 @@ def compare_tables(
                     observed,
                     low,
                     high,
-                    p,
+                    1.0 if few else p,
                     metric.test,
                     len(b),
                     metric.higher_is_better,
-                    float(z * np.std(dist, ddof=1)) if len(dist) > 1 else math.inf,
+                    math.inf if few else float(z * np.std(dist, ddof=1)),
+                    *relative,
                 )
             )
     return out

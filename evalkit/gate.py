@@ -181,9 +181,20 @@ class RuleResult:
 def judge_metric(rule: Rule, m: MetricComparison, alpha: float) -> RuleResult:
     """The verdict of a threshold rule on one compared metric."""
     sign, relative = DIRECTIONS[rule.limit]
-    scale = abs(m.baseline) if relative and m.baseline else 1.0
-    observed = sign * m.difference / scale
-    bounds = sorted((sign * m.low / scale, sign * m.high / scale))
+    if relative and not m.baseline:
+        raise EvalkitError(
+            f"rule {rule.describe()!r}: the baseline's {m.metric} is 0, so a relative change "
+            "has no meaning",
+            hint="give this rule an absolute limit (max_increase or max_drop)",
+        )
+    if relative:  # the ratio's own bootstrap interval: the baseline varies across resamples
+        observed = sign * m.relative
+        bounds = sorted((sign * m.relative_low, sign * m.relative_high))
+        detectable = m.relative_min_detectable
+    else:
+        observed = sign * m.difference
+        bounds = sorted((sign * m.low, sign * m.high))
+        detectable = m.min_detectable
     significant = m.p_value < alpha and not (bounds[0] <= 0 <= bounds[1])
     worse = observed > rule.threshold
     if worse and (significant or not rule.require_significance):
@@ -193,7 +204,6 @@ def judge_metric(rule: Rule, m: MetricComparison, alpha: float) -> RuleResult:
     else:
         verdict = PASS
     warnings = []
-    detectable = m.min_detectable / scale
     if detectable > rule.threshold:
         warnings.append(
             f"the sample ({m.n} examples) is too small to detect a change of {rule.threshold:g}: "
@@ -241,7 +251,8 @@ def judge_bias(rule: Rule, comparison: Comparison, spec: GateSpec) -> RuleResult
             n_resamples=spec.n_resamples,
             seed=spec.seed,
         )
-        verdict = FAIL if low > 0 else PASS
+        # One probe has no spread to resample: its interval is its point, no evidence.
+        verdict = INCONCLUSIVE if rows.sum() < 2 else FAIL if low > 0 else PASS
         groups.append(
             {
                 "group": group,
@@ -257,6 +268,7 @@ def judge_bias(rule: Rule, comparison: Comparison, spec: GateSpec) -> RuleResult
         if verdict == FAIL:
             failed.append(group)
     worst = max(groups, key=lambda g: g["low"])
+    small = [g["group"] for g in groups if g["verdict"] == INCONCLUSIVE]
     return RuleResult(
         rule.describe(),
         rule.metric,
@@ -267,7 +279,8 @@ def judge_bias(rule: Rule, comparison: Comparison, spec: GateSpec) -> RuleResult
         worst["low"],
         worst["high"],
         math.nan,
-        [f"worse in {', '.join(failed)}"] if failed else [],
+        [f"worse in {', '.join(failed)}"] * bool(failed)
+        + [f"too few probes to judge: {', '.join(small)}"] * bool(small),
         worst["baseline"],
         worst["candidate"],
         groups=groups,

@@ -397,3 +397,39 @@ def test_bias_rule_fails_only_where_the_candidate_is_more_biased(tmp_path):
         assert verdicts == {"gender": "fail", "age": "pass"}
         assert run_gate(con, base, better, spec).exit_code == 0
         assert run_gate(con, base, base, spec).exit_code == 0
+
+
+def test_a_bias_category_of_one_probe_is_not_judged(tmp_path):
+    from evalkit.gate import load_spec, run_gate
+    from evalkit.runs import ExampleResult, add_results, create_run, finish_run
+
+    (tmp_path / "gate.toml").write_text("[[rules]]\ntype = 'bias'\n")
+    spec = load_spec(tmp_path / "gate.toml")
+    with open_store(tmp_path / "s.duckdb") as con:
+        runs = []
+        for name, share in (("base", 0.5), ("cand", 1.0)):
+            run = create_run(
+                con,
+                name=name,
+                suite_name="b",
+                suite_hash="h",
+                suite={"tasks": [{"type": "bias"}]},
+                chat_template_fingerprint="t",
+            )
+            probes = [("gender", i, float(i < 20)) for i in range(40)] + [("age", 0, share)]
+            add_results(
+                con,
+                run,
+                [
+                    ExampleResult(
+                        "bias", f"{c}-{i}", {"stereo_preferred_shared": v}, {"category": c}
+                    )
+                    for c, i, v in probes
+                ],
+            )
+            finish_run(con, run, summary={})
+            runs.append(run)
+        report = run_gate(con, *runs, spec)
+    verdicts = {g["group"]: g["verdict"] for g in report.rules[0].groups}
+    assert verdicts == {"gender": "pass", "age": "inconclusive"}
+    assert report.exit_code == 0 and "too few probes to judge: age" in report.rules[0].warnings
