@@ -70,11 +70,13 @@ def load_scores(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, TaskSc
         # Rows by the example's place among the task's examples, so an example without a score
         # stays empty (NaN) instead of taking the next one's.
         cells = con.execute(
-            "SELECT e.row, dense_rank() OVER (ORDER BY s.metric) - 1 AS col, s.value "
-            "FROM eval_scores s JOIN (SELECT example_id, row_number() OVER "
-            "(ORDER BY example_id) - 1 AS row FROM eval_examples WHERE run_id = ? AND task = ?) e "
-            "USING (example_id) WHERE s.run_id = ? AND s.task = ?",
-            [run_id, task, run_id, task],
+            "WITH s AS (SELECT * FROM eval_scores WHERE run_id = $1 AND task = $2), "
+            "m AS (SELECT metric, row_number() OVER (ORDER BY metric) - 1 AS col "
+            "FROM (SELECT DISTINCT metric FROM s)), "
+            "e AS (SELECT example_id, row_number() OVER (ORDER BY example_id) - 1 AS row "
+            "FROM eval_examples WHERE run_id = $1 AND task = $2) "
+            "SELECT e.row, m.col, s.value FROM s JOIN e USING (example_id) JOIN m USING (metric)",
+            [run_id, task],
         ).fetchnumpy()
         table = np.full((len(examples), len(columns)), np.nan)
         table[np.asarray(cells["row"]), np.asarray(cells["col"])] = np.asarray(cells["value"])

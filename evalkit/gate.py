@@ -35,7 +35,6 @@ The gate also fails when the runs used different chat templates, and stops with 
 from __future__ import annotations
 
 import html
-import io
 import json
 import math
 import uuid
@@ -565,36 +564,48 @@ def render_markdown(report: GateReport) -> str:
 
 
 def _forest_svg(report: GateReport) -> str:
-    """Each rule's observed worsening with its interval against its threshold, as inline SVG."""
-    import matplotlib
+    """Each rule's observed worsening with its interval against its threshold, as inline SVG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A row a rule, each on its own scale (rules have different units): the point and its interval
+    in the verdict's colour, the threshold dashed red, zero grey; an unbounded end runs to the edge.
+    """
+    rules = [r for r in report.rules if math.isfinite(r.observed)]
+    width, row, margin = 700, 60, 20
+    parts = []
 
-    rules = [r for r in report.rules if not math.isnan(r.observed)]
-    fig, axes = plt.subplots(len(rules), 1, figsize=(7, 0.9 * len(rules) + 0.6), squeeze=False)
-    for ax, r in zip(axes[:, 0], rules):
+    def x(value: float) -> str:  # the value's place on this row's scale
+        return f"{margin + (min(max(value, lo), hi) - lo) / (hi - lo) * (width - 2 * margin):.1f}"
+
+    for i, r in enumerate(rules):
+        top = i * row
+        ends = [v for v in (r.observed, r.low, r.high, r.threshold, 0.0) if math.isfinite(v)]
+        pad = (max(ends) - min(ends)) * 0.1 or 1.0
+        lo, hi = min(ends) - pad, max(ends) + pad
+
         color = {"pass": "#2a7", "fail": "#c33", "inconclusive": "#d90"}[r.verdict]
-        ax.errorbar(
-            [r.observed],
-            [0],
-            xerr=[[max(r.observed - r.low, 0)], [max(r.high - r.observed, 0)]],
-            fmt="o",
-            color=color,
-            capsize=4,
-        )
-        ax.axvline(r.threshold, color="#c33", linestyle="--", linewidth=1)
-        ax.axvline(0, color="#888", linewidth=0.8)
-        ax.set_yticks([])
-        ax.set_title(f"{r.rule} ({r.verdict})", fontsize=8, loc="left")
-        ax.tick_params(labelsize=7)
-    axes[-1, 0].set_xlabel("worsening (positive is worse); dashed: threshold", fontsize=7)
-    fig.tight_layout()
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg")
-    plt.close(fig)
-    svg = buffer.getvalue()
-    return svg[svg.index("<svg") :]
+        mid, label = top + 34, top + row - 4
+        parts += [
+            f'<text x="{margin}" y="{top + 14}" font-size="12">'
+            f"{html.escape(r.rule)} ({r.verdict})</text>",
+            f'<line x1="{x(0)}" x2="{x(0)}" y1="{top + 20}" y2="{top + 46}" stroke="#888"/>',
+            f'<line x1="{x(r.threshold)}" x2="{x(r.threshold)}" y1="{top + 20}" y2="{top + 46}" '
+            'stroke="#c33" stroke-dasharray="4 3"/>',
+            f'<line x1="{x(r.low)}" x2="{x(r.high)}" y1="{mid}" y2="{mid}" stroke="{color}" '
+            'stroke-width="2"/>',
+            f'<circle cx="{x(r.observed)}" cy="{mid}" r="4" fill="{color}"/>',
+            f'<text x="{margin}" y="{label}" font-size="10" fill="#555">{lo:.4g}</text>',
+            f'<text x="{x(r.threshold)}" y="{label}" font-size="10" fill="#c33" '
+            f'text-anchor="middle">threshold {r.threshold:.4g}</text>',
+            f'<text x="{width - margin}" y="{label}" font-size="10" fill="#555" '
+            f'text-anchor="end">{hi:.4g}</text>',
+        ]
+    caption = "worsening (positive is worse) with its interval; dashed: threshold"
+    height = row * len(rules) + 20
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif">{"".join(parts)}<text x="{margin}" y="{height - 4}" '
+        f'font-size="10" fill="#555">{caption}</text></svg>'
+    )
 
 
 def render_html(report: GateReport) -> str:

@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -59,9 +59,16 @@ def sentence_stats(name: str, hypotheses: Sequence[str], references: Sequence[st
 
 def corpus_from_stats(name: str, sums: np.ndarray) -> np.ndarray:
     """The corpus score of each row of summed statistics, by sacrebleu's own formula."""
+    sums = np.ascontiguousarray(np.atleast_2d(sums), dtype=float)
+    return _corpus_scores(name, sums.shape[1], sums.tobytes()).copy()
+
+
+@lru_cache(maxsize=16)
+def _corpus_scores(name: str, width: int, sums: bytes) -> np.ndarray:
+    # Cached by content: a margin's resamples are its metric's and its control's, scored again.
     metric = sacrebleu_metric(name)
-    sums = np.atleast_2d(sums)
-    return np.array([metric._compute_score_from_stats(list(row)).score for row in sums])
+    rows = np.frombuffer(sums).reshape(-1, width)
+    return np.array([metric._compute_score_from_stats(list(row)).score for row in rows])
 
 
 def corpus_score(name: str, hypotheses: Sequence[str], references: Sequence[str]) -> float:

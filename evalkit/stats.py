@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from scipy import stats
 
-CHUNK = 1 << 22  # resampled example slots per chunk: bounds memory for large samples
+# Resampled example slots per chunk: bounds memory. 8 MB arrays stay under glibc's 32 MB mmap
+# threshold; at 32 MB every chunk was a fresh mapping, and page faults doubled compare's time.
+CHUNK = 1 << 20
 
 
 def resample_counts(

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from xml.etree import ElementTree
 
 import pytest
 
@@ -155,6 +156,16 @@ def test_a_damaged_candidate_fails_the_gate(runs, suite, tmp_path):
     assert rule["worst"][0]["candidate_value"] > rule["worst"][0]["baseline_value"]
     md = (out / "report.md").read_text()
     assert "Release gate: FAIL" in md and "Worst examples" in md
+    # The plot: one point a rule, the failing one red and right of its threshold line.
+    page = (out / "report.html").read_text()
+    svg = ElementTree.fromstring(page[page.index("<svg") : page.index("</svg>") + 6])
+    ns = "{http://www.w3.org/2000/svg}"
+    points = svg.findall(f"{ns}circle")
+    assert len(points) == len(report["rules"])
+    row = [r["metric"] for r in report["rules"]].index("perplexity")
+    assert points[row].get("fill") == "#c33"
+    threshold = [line for line in svg.findall(f"{ns}line") if line.get("stroke-dasharray")][row]
+    assert float(points[row].get("cx")) > float(threshold.get("x1"))
     for side in ("baseline", "candidate"):
         assert report[side]["model_hash"] and report[side]["code_version"]
 
