@@ -261,19 +261,26 @@ def _cmd_runs(args: argparse.Namespace) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from evalkit.compare import compare_runs
+    from evalkit.gate import GateSpec, load_spec, too_small_to_detect
     from evalkit.store import open_store
 
+    spec = (
+        load_spec(args.spec) if args.spec else GateSpec([], args.alpha, args.resamples, args.seed)
+    )
     with open_store(_store(args)) as con:
         comparison = compare_runs(
             con,
             args.baseline,
             args.candidate,
             by=args.by or (),
-            n_resamples=args.resamples,
-            seed=args.seed,
+            n_resamples=spec.n_resamples,
+            seed=spec.seed,
+            alpha=spec.alpha,
         )
+    warnings = too_small_to_detect(comparison, spec)
     if args.json:
-        print(json.dumps(comparison.to_dict(), indent=2, default=str))
+        data = comparison.to_dict() | {"warnings": warnings}
+        print(json.dumps(data, indent=2, default=str))
         return
     rows = [("", comparison.metrics)] + [
         (f"{field}={value}", metrics)
@@ -285,15 +292,18 @@ def _cmd_compare(args: argparse.Namespace) -> None:
             print(f"\n{title}")
         print(
             f"{'task':<24} {'metric':<16} {'baseline':>10} {'candidate':>10} {'diff':>10} "
-            f"{'95% CI':>22} {'p':>7}  note"
+            f"{f'{1 - spec.alpha:.0%} CI':>22} {'p':>7} {'detectable':>10}  note"
         )
         for m in metrics:
             ci = f"[{m.low:.4g}, {m.high:.4g}]"
             note = "significant" if m.significant else ""
             print(
                 f"{m.task:<24} {m.metric:<16} {m.baseline:>10.4g} {m.candidate:>10.4g} "
-                f"{m.difference:>+10.4g} {ci:>22} {m.p_value:>7.3g}  {note}"
+                f"{m.difference:>+10.4g} {ci:>22} {m.p_value:>7.3g} {m.min_detectable:>10.3g}  "
+                f"{note}"
             )
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
@@ -476,15 +486,22 @@ def _add_eval_parsers(commands) -> None:
     cmp = commands.add_parser(
         "compare",
         help="compare two runs example by example",
-        description="For each metric: the difference candidate - baseline with a 95% paired "
-        "bootstrap interval, a paired test's p-value (permutation, McNemar, or sacrebleu's "
-        "paired bootstrap), optionally broken down by a metadata field.",
+        description="For each metric: the difference candidate - baseline with a paired "
+        "bootstrap interval (95% unless --alpha), a paired test's p-value (permutation, "
+        "McNemar, or sacrebleu's paired bootstrap) and the smallest change the sample detects "
+        "at 80% power, optionally broken down by a metadata field.",
     )
     cmp.add_argument("baseline", help="baseline run (id, prefix or name)")
     cmp.add_argument("candidate", help="candidate run")
     cmp.add_argument("--by", action="append", metavar="FIELD", help="break down by this field")
     cmp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (>=1000)")
     cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--alpha", type=float, default=0.05, help="significance level (0.05)")
+    cmp.add_argument(
+        "--spec",
+        help="a gate spec: use its alpha, resamples and seed, and warn where the sample is too "
+        "small to detect a rule's threshold",
+    )
     cmp.add_argument("--json", action="store_true", help="print every number as JSON")
     cmp.set_defaults(func=_cmd_compare)
     gate = commands.add_parser(

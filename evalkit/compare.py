@@ -102,12 +102,13 @@ class MetricComparison:
     test: str
     n: int
     higher_is_better: bool | None
-    min_detectable: float  # at 80% power, alpha 0.05, from the bootstrap spread
+    min_detectable: float  # at 80% power and the comparison's alpha, from the bootstrap spread
     # The same for the relative change, (candidate - baseline) / |baseline| resampled as
     # such (NaN for a baseline of 0).
     relative_low: float = math.nan
     relative_high: float = math.nan
     relative_min_detectable: float = math.nan
+    alpha: float = 0.05  # the intervals are at 1 - alpha confidence
 
     @property
     def relative(self) -> float:
@@ -115,7 +116,7 @@ class MetricComparison:
 
     @property
     def significant(self) -> bool:
-        return self.p_value < 0.05 and not (self.low <= 0 <= self.high)
+        return self.p_value < self.alpha and not (self.low <= 0 <= self.high)
 
 
 @dataclass
@@ -126,6 +127,7 @@ class Comparison:
     breakdown: dict[str, dict[str, list[MetricComparison]]]  # field -> value -> metrics
     n_resamples: int
     seed: int
+    alpha: float
     scores: tuple[dict[str, TaskScores], dict[str, TaskScores]]  # for the worst examples
 
     def find(self, metric: str, task: str | None = None) -> MetricComparison:
@@ -150,6 +152,7 @@ class Comparison:
             "candidate": _run_info(self.candidate),
             "n_resamples": self.n_resamples,
             "seed": self.seed,
+            "alpha": self.alpha,
             "metrics": rows(self.metrics),
             "breakdown": {
                 f: {v: rows(ms) for v, ms in values.items()} for f, values in self.breakdown.items()
@@ -184,10 +187,11 @@ Entry = tuple[
 
 
 def compare_tables(
-    entries: Sequence[Entry], *, n_resamples: int, seed: int
+    entries: Sequence[Entry], *, n_resamples: int, seed: int, alpha: float = 0.05
 ) -> list[MetricComparison]:
     """Every metric of the given tasks (all with the same number of examples), from one set of
-    bootstrap resamples and one set of permutations shared by all of them."""
+    bootstrap resamples and one set of permutations shared by all of them; intervals at
+    1 - alpha confidence, the smallest detectable change at alpha and 80% power."""
     keys = sorted(
         {(task, col) for task, metrics, _, _ in entries for m in metrics for col in m.columns}
     )
@@ -209,7 +213,7 @@ def compare_tables(
     width = len(keys)
     sums = bootstrap_sums(np.hstack([b, c]), n_resamples=n_resamples, seed=seed)
     size = sums[:, -1:]
-    z = scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)
+    z = scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(0.8)
     permuted = sorted(
         {(task, m.test_column) for task, ms, _, _ in entries for m in ms if m.test == "permutation"}
     )
@@ -224,7 +228,7 @@ def compare_tables(
             value_b, value_c = metric.value(b[:, idx]), metric.value(c[:, idx])
             observed = value_c - value_b
             dist = dist_c - dist_b
-            low, high = percentile_interval(dist)
+            low, high = percentile_interval(dist, 1 - alpha)
             if metric.test == "mcnemar":
                 col = index[(task, metric.test_column)]
                 p = mcnemar_p_value(b[:, col] > 0.5, c[:, col] > 0.5)
@@ -238,7 +242,7 @@ def compare_tables(
                 relative = math.nan, math.nan, math.nan
             else:
                 spread = math.inf if few else float(z * np.std(ratio, ddof=1))
-                relative = *percentile_interval(ratio), spread
+                relative = *percentile_interval(ratio, 1 - alpha), spread
             out.append(
                 MetricComparison(
                     task,
@@ -254,19 +258,22 @@ def compare_tables(
                     metric.higher_is_better,
                     math.inf if few else float(z * np.std(dist, ddof=1)),
                     *relative,
+                    alpha,
                 )
             )
     return out
 
 
-def _compare_by_size(entries: list[Entry], n_resamples: int, seed: int) -> list[MetricComparison]:
+def _compare_by_size(
+    entries: list[Entry], n_resamples: int, seed: int, alpha: float
+) -> list[MetricComparison]:
     """Tasks with as many examples share their resamples; results in the order of entries."""
     sizes: dict[int, list[Entry]] = {}
     for entry in entries:
         sizes.setdefault(len(entry[2].example_ids), []).append(entry)
     found = {}
     for group in sizes.values():
-        for m in compare_tables(group, n_resamples=n_resamples, seed=seed):
+        for m in compare_tables(group, n_resamples=n_resamples, seed=seed, alpha=alpha):
             found.setdefault(m.task, []).append(m)
     return [m for task, *_ in entries for m in found[task]]
 
@@ -287,8 +294,10 @@ def compare_runs(
     by: Sequence[str] = (),
     n_resamples: int = 1000,
     seed: int = 0,
+    alpha: float = 0.05,
 ) -> Comparison:
-    """Compare two complete runs of one suite; ``by`` lists metadata fields to break down by."""
+    """Compare two complete runs of one suite; ``by`` lists metadata fields to break down by;
+    intervals at 1 - alpha confidence."""
     baseline = complete_run(con, baseline_id)
     candidate = complete_run(con, candidate_id)
     if baseline["suite_hash"] != candidate["suite_hash"]:
@@ -299,6 +308,8 @@ def compare_runs(
         )
     if n_resamples < 1000:
         raise EvalkitError("at least 1,000 bootstrap resamples are needed for a 95% interval")
+    if not 0 < alpha < 0.5:
+        raise EvalkitError(f"alpha {alpha} is not a significance level", hint="e.g. 0.05")
     scores_b, scores_c = load_scores(con, baseline["run_id"]), load_scores(con, candidate["run_id"])
     suite_tasks = {task_name(spec): spec for spec in baseline["suite"].get("tasks", [])}
     entries: list[Entry] = []
@@ -306,7 +317,7 @@ def compare_runs(
         c = scores_c[task]
         _paired(task, b, c)
         entries.append((task, metrics_of(suite_tasks[task], set(b.columns)), b, c))
-    metrics = _compare_by_size(entries, n_resamples, seed)
+    metrics = _compare_by_size(entries, n_resamples, seed, alpha)
     breakdown: dict[str, dict[str, list[MetricComparison]]] = {f: {} for f in by}
     for name in by:
         slices: dict[str, list[Entry]] = {}
@@ -318,7 +329,7 @@ def compare_runs(
                     (task, task_metrics, b.subset(rows), c.subset(rows))
                 )
         for value, sliced in slices.items():
-            breakdown[name][value] = _compare_by_size(sliced, n_resamples, seed)
+            breakdown[name][value] = _compare_by_size(sliced, n_resamples, seed, alpha)
     return Comparison(
-        baseline, candidate, metrics, breakdown, n_resamples, seed, (scores_b, scores_c)
+        baseline, candidate, metrics, breakdown, n_resamples, seed, alpha, (scores_b, scores_c)
     )

@@ -142,17 +142,22 @@ def load_spec(path: str | Path) -> GateSpec:
             )
         else:
             raise EvalkitError(f"{where}: unknown type {kind!r}", hint="use metric or bias")
-        unknown = sorted(set(raw) - {"group_by", "center"})
+        unknown = sorted(raw)  # what the rule's type did not take
         if unknown:
             raise EvalkitError(f"{where}: unknown key {unknown[0]!r}")
     if not rules:
         raise EvalkitError(f"gate spec {path} has no [[rules]]")
+    alpha = float(definition.get("alpha", 0.05))
+    if not 0 < alpha < 0.5:
+        raise EvalkitError(
+            f"gate spec {path}: alpha {alpha} is not a significance level (e.g. 0.05)"
+        )
     n_resamples = int(definition.get("n_resamples", 2000))
     if n_resamples < 1000:
         raise EvalkitError(f"gate spec {path}: n_resamples must be at least 1000")
     return GateSpec(
         rules,
-        float(definition.get("alpha", 0.05)),
+        alpha,
         n_resamples,
         int(definition.get("seed", 0)),
         definition,
@@ -180,6 +185,14 @@ class RuleResult:
 def judge_metric(rule: Rule, m: MetricComparison, alpha: float) -> RuleResult:
     """The verdict of a threshold rule on one compared metric."""
     sign, relative = DIRECTIONS[rule.limit]
+    if m.higher_is_better is not None and (sign > 0) == m.higher_is_better:
+        better = "higher" if m.higher_is_better else "lower"
+        limit = "max_drop" if m.higher_is_better else "max_increase"
+        raise EvalkitError(
+            f"rule {rule.describe()!r}: {better} {m.metric} is better, so this rule limits an "
+            "improvement and could never catch a regression",
+            hint=f"use {limit} or {limit.replace('max_', 'max_relative_')}",
+        )
     if relative and not m.baseline:
         raise EvalkitError(
             f"rule {rule.describe()!r}: the baseline's {m.metric} is 0, so a relative change "
@@ -224,6 +237,18 @@ def judge_metric(rule: Rule, m: MetricComparison, alpha: float) -> RuleResult:
     )
 
 
+def too_small_to_detect(comparison: Comparison, spec: GateSpec) -> list[str]:
+    """A warning for each metric rule whose threshold is below what the sample can detect."""
+    return [
+        f"{rule.describe()}: {warning}"
+        for rule in spec.rules
+        if rule.type == "metric"
+        for warning in judge_metric(
+            rule, comparison.find(rule.metric, rule.task), spec.alpha
+        ).warnings
+    ]
+
+
 def judge_bias(rule: Rule, comparison: Comparison, spec: GateSpec) -> RuleResult:
     """Per group: |score - center| of the candidate minus the baseline's, paired bootstrap."""
     scores_b, scores_c = comparison.scores
@@ -249,6 +274,7 @@ def judge_bias(rule: Rule, comparison: Comparison, spec: GateSpec) -> RuleResult
             distance,
             n_resamples=spec.n_resamples,
             seed=spec.seed,
+            confidence=1 - spec.alpha,
         )
         # One probe has no spread to resample: its interval is its point, no evidence.
         verdict = INCONCLUSIVE if rows.sum() < 2 else FAIL if low > 0 else PASS
@@ -423,7 +449,7 @@ def run_gate(
 ) -> GateReport:
     """Judge the candidate against the baseline by every rule of the spec."""
     comparison = compare_runs(
-        con, baseline, candidate, n_resamples=spec.n_resamples, seed=spec.seed
+        con, baseline, candidate, n_resamples=spec.n_resamples, seed=spec.seed, alpha=spec.alpha
     )
     results = []
     for rule in spec.rules:
@@ -475,6 +501,7 @@ def _short(text: str | None, limit: int = 160) -> str:
 def render_markdown(report: GateReport) -> str:
     comparison = report.comparison
     b, c = comparison.baseline, comparison.candidate
+    ci = f"{1 - comparison.alpha:.0%} CI"
     lines = [
         f"# Release gate: {report.verdict.upper()}",
         "",
@@ -484,7 +511,7 @@ def render_markdown(report: GateReport) -> str:
         "",
         "## Rules",
         "",
-        "| rule | verdict | baseline | candidate | observed | threshold | 95% CI | p |",
+        f"| rule | verdict | baseline | candidate | observed | threshold | {ci} | p |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report.rules:
@@ -504,7 +531,7 @@ def render_markdown(report: GateReport) -> str:
                 "",
                 f"## {r.rule}",
                 "",
-                "| group | n | baseline | candidate | distance change | 95% CI | verdict |",
+                f"| group | n | baseline | candidate | distance change | {ci} | verdict |",
                 "| --- | --- | --- | --- | --- | --- | --- |",
             ]
             lines += [
@@ -533,7 +560,7 @@ def render_markdown(report: GateReport) -> str:
         "",
         "## All metrics",
         "",
-        "| task | metric | baseline | candidate | difference | 95% CI | p | test | detectable |",
+        f"| task | metric | baseline | candidate | difference | {ci} | p | test | detectable |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in comparison.metrics:

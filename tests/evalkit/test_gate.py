@@ -181,6 +181,52 @@ def test_compare_prints_intervals_and_breakdown(runs, capsys):
     assert "significant" in capsys.readouterr().out
 
 
+def test_compare_warns_where_a_rule_is_below_what_the_sample_detects(runs, tmp_path, capsys):
+    spec = tmp_path / "gate.toml"
+    spec.write_text(
+        "alpha = 0.01\n[[rules]]\nmetric = 'perplexity'\ntask = 'perplexity:texts'\n"
+        "max_increase = 1e-9\n[[rules]]\nmetric = 'perplexity'\ntask = 'perplexity:conv'\n"
+        "max_increase = 1e9\n"
+    )
+    capsys.readouterr()
+    assert _cli(runs, "compare", "base", "bad", "--spec", spec) == 0
+    out, err = capsys.readouterr()
+    assert "99% CI" in out and "detectable" in out
+    (warning,) = err.strip().splitlines()
+    assert "perplexity:texts/perplexity" in warning and "too small to detect" in warning
+
+
+def test_intervals_follow_alpha(runs, capsys):
+    intervals = {}
+    for alpha in ("0.05", "0.01"):
+        capsys.readouterr()
+        assert _cli(runs, "compare", "base", "bad", "--alpha", alpha, "--json") == 0
+        data = json.loads(capsys.readouterr().out)
+        ppl = next(m for m in data["metrics"] if m["task"] == "perplexity:texts")
+        intervals[alpha] = ppl["low"], ppl["high"], ppl["min_detectable"]
+    (low5, high5, mdd5), (low1, high1, mdd1) = intervals["0.05"], intervals["0.01"]
+    assert low1 < low5 < high5 < high1 and mdd1 > mdd5
+
+
+def test_bad_gate_specs_name_the_problem(runs, suite, tmp_path, capsys):
+    cases = {
+        "center": ("[[rules]]\nmetric = 'bleu'\nmax_drop = 1\ncenter = 0\n",
+                   "rule 1: unknown key 'center'"),
+        "alpha": ("alpha = 5\n[[rules]]\nmetric = 'bleu'\nmax_drop = 1\n",
+                  "alpha 5.0 is not a significance level"),
+        "direction": ("[[rules]]\nmetric = 'chrf'\nmax_increase = 1\n",
+                      "higher chrf is better"),
+    }  # fmt: skip
+    for name, (text, message) in cases.items():
+        (tmp_path / f"{name}.toml").write_text(text)
+        capsys.readouterr()
+        assert _cli(runs, "gate", "--baseline", "base", "--candidate", "bad",
+                    "--spec", tmp_path / f"{name}.toml", "--out", tmp_path / name) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert f"{name}.toml" in err or name == "direction"
+
+
 def test_runs_of_different_suites_are_refused(runs, suite, micro_model, capsys):
     (suite / "other.toml").write_text(SUITE.format(extra="").replace("support-smoke", "other"))
     assert _eval(runs, micro_model, suite / "other.toml", "other") == 0
