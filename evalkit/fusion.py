@@ -3,10 +3,13 @@
 - transformers' ``NewGELUActivation`` (GPT-2's tanh GELU, five separate ops) becomes the same
   function in one fused op.
 - On the CPU in float32, where PyTorch has oneDNN: each transformers ``Conv1D`` (GPT-2's linear
-  layer) becomes one oneDNN linear op, and the tanh GELU of a GPT-2 MLP is applied inside its
-  first linear layer while the output is still in cache, instead of in a pass of its own over
-  an activation four times as wide as the model. With the 1.35M-parameter base model this takes
-  about 15% off the scoring time (``benchmarks/RESULTS.md``).
+  layer) becomes one oneDNN linear op. With AVX-512, the tanh GELU of a GPT-2 MLP is applied
+  inside its first linear layer while the output is still in cache, instead of in a pass of
+  its own over an activation four times as wide as the model; with the 1.35M-parameter base
+  model this takes about 15% off the scoring time (``benchmarks/RESULTS.md``). Without
+  AVX-512, tanh is slow in both PyTorch and oneDNN (0.3 G elements/s a core on AVX2, against
+  1 G/s for sigmoid), and the GELU is taken in place as ``x * sigmoid(2u)`` instead
+  (:func:`sigmoid_gelu_`): 6% off the scoring on an AMD EPYC.
 
 The math is the same; outputs differ by rounding (~1e-7). The caller checks the swapped model
 against the model as loaded, and keeps the original when they differ. Training uses the fused
@@ -15,6 +18,7 @@ GELU alone (its gradient is PyTorch's; about a tenth off a CPU step of the base 
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Callable
@@ -36,6 +40,23 @@ def _onednn_linear():
         return None
 
 
+_GELU_SCALE = 2 * math.sqrt(2 / math.pi)
+
+
+def sigmoid_gelu_(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's tanh GELU of ``x``, in place and without gradient, as ``x * sigmoid(2u)`` with
+    ``u = sqrt(2/pi) * (x + 0.044715 x^3)``: the same function, as 0.5 (1 + tanh u) is
+    sigmoid(2u), in ops that are fast without AVX-512."""
+    u = x * x
+    u.mul_(_GELU_SCALE * 0.044715).add_(_GELU_SCALE).mul_(x)
+    return x.mul_(u.sigmoid_())
+
+
+def _gelu_in_onednn() -> bool:
+    """Whether oneDNN's fused tanh GELU is the fast way: with AVX-512 (see the module doc)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 class OneDNNLinear(torch.nn.Module):
     """A ``Conv1D`` or ``Linear`` layer as one oneDNN op, optionally with tanh GELU fused in."""
 
@@ -53,15 +74,18 @@ class OneDNNLinear(torch.nn.Module):
 
 
 class FusedGPT2MLP(torch.nn.Module):
-    """GPT-2's MLP for inference: ``c_fc`` with its tanh GELU fused in, then ``c_proj``."""
+    """GPT-2's MLP for inference: ``c_fc`` with its tanh GELU fused in (or taken in place right
+    after it, without AVX-512), then ``c_proj``."""
 
-    def __init__(self, mlp: GPT2MLP):
+    def __init__(self, mlp: GPT2MLP, gelu_in_onednn: bool | None = None):
         super().__init__()
-        self.c_fc = OneDNNLinear(mlp.c_fc, gelu=True)
+        self.gelu_in_onednn = _gelu_in_onednn() if gelu_in_onednn is None else gelu_in_onednn
+        self.c_fc = OneDNNLinear(mlp.c_fc, gelu=self.gelu_in_onednn)
         self.c_proj = OneDNNLinear(mlp.c_proj)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.c_fc(hidden_states))
+        hidden = self.c_fc(hidden_states)
+        return self.c_proj(hidden if self.gelu_in_onednn else sigmoid_gelu_(hidden))
 
 
 def _fusable_mlp(module: torch.nn.Module) -> bool:

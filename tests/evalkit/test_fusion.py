@@ -51,6 +51,23 @@ def test_a_failed_check_or_an_error_keeps_the_model_as_loaded(micro_model):
     assert _types(model) == before
 
 
+def test_sigmoid_gelu_is_the_tanh_gelu():
+    x = torch.cat([torch.linspace(-30, 30, 20001), torch.tensor([-1e20, 1e20, 0.0])])
+    reference = torch.nn.functional.gelu(x, approximate="tanh")
+    torch.testing.assert_close(evalkit.fusion.sigmoid_gelu_(x.clone()), reference)
+
+
+@needs_onednn
+@pytest.mark.parametrize("gelu_in_onednn", [True, False])
+def test_fused_mlp_is_the_mlp(micro_model, gelu_in_onednn):
+    model, _ = load_model(micro_model, device="cpu")
+    mlp = model.transformer.h[0].mlp
+    x = torch.randn(3, 7, mlp.c_fc.weight.shape[0])
+    with torch.inference_mode():
+        fused = FusedGPT2MLP(mlp, gelu_in_onednn)(x)
+        torch.testing.assert_close(fused, mlp(x), rtol=1e-5, atol=1e-6)
+
+
 def test_without_onednn_only_the_gelu_is_swapped(micro_model):
     """As for training or autocast: the oneDNN layers have no gradient and take float32 only."""
     model, _ = load_model(micro_model, device="cpu")
