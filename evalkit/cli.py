@@ -14,6 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from evalkit import __version__
@@ -260,13 +261,13 @@ def _cmd_runs(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from evalkit.compare import compare_runs
+    from evalkit.compare import compare_runs, interval_label
     from evalkit.gate import GateSpec, load_spec, too_small_to_detect
     from evalkit.store import open_store
 
-    spec = (
-        load_spec(args.spec) if args.spec else GateSpec([], args.alpha, args.resamples, args.seed)
-    )
+    spec = load_spec(args.spec) if args.spec else GateSpec([], 0.05, 1000, 0)
+    given = {"alpha": args.alpha, "n_resamples": args.resamples, "seed": args.seed}
+    spec = replace(spec, **{k: v for k, v in given.items() if v is not None})  # flags win
     with open_store(_store(args)) as con:
         comparison = compare_runs(
             con,
@@ -292,7 +293,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
             print(f"\n{title}")
         print(
             f"{'task':<24} {'metric':<16} {'baseline':>10} {'candidate':>10} {'diff':>10} "
-            f"{f'{1 - spec.alpha:.0%} CI':>22} {'p':>7} {'detectable':>10}  note"
+            f"{interval_label(spec.alpha):>22} {'p':>7} {'detectable':>10}  note"
         )
         for m in metrics:
             ci = f"[{m.low:.4g}, {m.high:.4g}]"
@@ -494,13 +495,15 @@ def _add_eval_parsers(commands) -> None:
     cmp.add_argument("baseline", help="baseline run (id, prefix or name)")
     cmp.add_argument("candidate", help="candidate run")
     cmp.add_argument("--by", action="append", metavar="FIELD", help="break down by this field")
-    cmp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (>=1000)")
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--alpha", type=float, default=0.05, help="significance level (0.05)")
+    cmp.add_argument(
+        "--resamples", type=int, help="bootstrap resamples, at least 1000 (default 1000)"
+    )
+    cmp.add_argument("--seed", type=int, help="bootstrap seed (default 0)")
+    cmp.add_argument("--alpha", type=float, help="significance level (default 0.05)")
     cmp.add_argument(
         "--spec",
-        help="a gate spec: use its alpha, resamples and seed, and warn where the sample is too "
-        "small to detect a rule's threshold",
+        help="a gate spec: use its alpha, resamples and seed unless given above, and warn where "
+        "the sample is too small to detect a rule's threshold",
     )
     cmp.add_argument("--json", action="store_true", help="print every number as JSON")
     cmp.set_defaults(func=_cmd_compare)

@@ -30,6 +30,11 @@ from evalkit.stats import (
 from evalkit.suite import task_name
 
 
+def interval_label(alpha: float) -> str:
+    """The header of an interval at 1 - alpha: '95% CI', '99.9% CI'."""
+    return f"{100 * (1 - alpha):.4g}% CI"
+
+
 @dataclass
 class TaskScores:
     """One run's per-example scores of one task, rows in ``example_ids`` order."""
@@ -116,7 +121,7 @@ class MetricComparison:
 
     @property
     def significant(self) -> bool:
-        return self.p_value < self.alpha and not (self.low <= 0 <= self.high)
+        return self.p_value < self.alpha and (self.low > 0 or self.high < 0)  # NaN: no
 
 
 @dataclass

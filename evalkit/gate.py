@@ -45,7 +45,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from evalkit.compare import Comparison, MetricComparison, compare_runs
+from evalkit.compare import Comparison, MetricComparison, compare_runs, interval_label
 from evalkit.errors import EvalkitError
 from evalkit.stats import paired_bootstrap
 from evalkit.suite import read_toml
@@ -105,6 +105,12 @@ class GateSpec:
     definition: dict = field(default_factory=dict)
 
 
+def _threshold(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise EvalkitError(f"{where}: {value!r} is not a finite number", hint="e.g. 0.02")
+    return float(value)
+
+
 def load_spec(path: str | Path) -> GateSpec:
     path = Path(path)
     definition = read_toml(path, "gate spec")
@@ -136,7 +142,7 @@ def load_spec(path: str | Path) -> GateSpec:
                     raw.pop("metric"),
                     task=raw.pop("task", None),
                     limit=limits[0],
-                    threshold=float(raw.pop(limits[0])),
+                    threshold=_threshold(raw.pop(limits[0]), f"{where}, {limits[0]}"),
                     require_significance=bool(raw.pop("require_significance", True)),
                 )
             )
@@ -207,7 +213,7 @@ def judge_metric(rule: Rule, m: MetricComparison, alpha: float) -> RuleResult:
         observed = sign * m.difference
         bounds = sorted((sign * m.low, sign * m.high))
         detectable = m.min_detectable
-    significant = m.p_value < alpha and not (bounds[0] <= 0 <= bounds[1])
+    significant = m.p_value < alpha and (bounds[0] > 0 or bounds[1] < 0)  # NaN: not shown
     worse = observed > rule.threshold
     if worse and (significant or not rule.require_significance):
         verdict = FAIL
@@ -238,15 +244,17 @@ def judge_metric(rule: Rule, m: MetricComparison, alpha: float) -> RuleResult:
 
 
 def too_small_to_detect(comparison: Comparison, spec: GateSpec) -> list[str]:
-    """A warning for each metric rule whose threshold is below what the sample can detect."""
-    return [
-        f"{rule.describe()}: {warning}"
-        for rule in spec.rules
-        if rule.type == "metric"
-        for warning in judge_metric(
-            rule, comparison.find(rule.metric, rule.task), spec.alpha
-        ).warnings
-    ]
+    """A warning for each metric rule whose threshold is below what the sample can detect,
+    or that the gate could not judge on these runs."""
+    warnings = []
+    for rule in (r for r in spec.rules if r.type == "metric"):
+        try:
+            judged = judge_metric(rule, comparison.find(rule.metric, rule.task), spec.alpha)
+        except EvalkitError as e:
+            warnings.append(f"{rule.describe()}: the gate would refuse this rule: {e.message}")
+            continue
+        warnings += [f"{rule.describe()}: {warning}" for warning in judged.warnings]
+    return warnings
 
 
 def judge_bias(rule: Rule, comparison: Comparison, spec: GateSpec) -> RuleResult:
@@ -501,7 +509,7 @@ def _short(text: str | None, limit: int = 160) -> str:
 def render_markdown(report: GateReport) -> str:
     comparison = report.comparison
     b, c = comparison.baseline, comparison.candidate
-    ci = f"{1 - comparison.alpha:.0%} CI"
+    ci = interval_label(comparison.alpha)
     lines = [
         f"# Release gate: {report.verdict.upper()}",
         "",
@@ -611,14 +619,19 @@ def _forest_svg(report: GateReport) -> str:
 
         color = {"pass": "#2a7", "fail": "#c33", "inconclusive": "#d90"}[r.verdict]
         mid, label = top + 34, top + row - 4
+        interval = []  # none where it is undefined (NaN)
+        if not (math.isnan(r.low) or math.isnan(r.high)):
+            interval.append(
+                f'<line x1="{x(r.low)}" x2="{x(r.high)}" y1="{mid}" y2="{mid}" stroke="{color}" '
+                'stroke-width="2"/>'
+            )
         parts += [
             f'<text x="{margin}" y="{top + 14}" font-size="12">'
             f"{html.escape(r.rule)} ({r.verdict})</text>",
             f'<line x1="{x(0)}" x2="{x(0)}" y1="{top + 20}" y2="{top + 46}" stroke="#888"/>',
             f'<line x1="{x(r.threshold)}" x2="{x(r.threshold)}" y1="{top + 20}" y2="{top + 46}" '
             'stroke="#c33" stroke-dasharray="4 3"/>',
-            f'<line x1="{x(r.low)}" x2="{x(r.high)}" y1="{mid}" y2="{mid}" stroke="{color}" '
-            'stroke-width="2"/>',
+            *interval,
             f'<circle cx="{x(r.observed)}" cy="{mid}" r="4" fill="{color}"/>',
             f'<text x="{margin}" y="{label}" font-size="10" fill="#555">{lo:.4g}</text>',
             f'<text x="{x(r.threshold)}" y="{label}" font-size="10" fill="#c33" '

@@ -200,8 +200,9 @@ def reference_metrics(name: str, width: int) -> list[RunMetric]:
     sentence, control = f"{name}_sentence", f"{name}_control_sentence"
     return [
         RunMetric(name, own, _corpus(name, width), better, "bootstrap", None, (sentence,)),
+        # Against the wrong references: a diagnostic, neither direction is better.
         RunMetric(
-            f"{name}_control", wrong, _corpus(name, width), better, "bootstrap", None, (control,)
+            f"{name}_control", wrong, _corpus(name, width), None, "bootstrap", None, (control,)
         ),
         RunMetric(
             f"{name}_margin",

@@ -1,6 +1,7 @@
 """End to end: evaluate models into the store, compare the runs, gate the candidate."""
 
 import json
+import math
 import shutil
 from xml.etree import ElementTree
 
@@ -187,13 +188,20 @@ def test_compare_warns_where_a_rule_is_below_what_the_sample_detects(runs, tmp_p
         "alpha = 0.01\n[[rules]]\nmetric = 'perplexity'\ntask = 'perplexity:texts'\n"
         "max_increase = 1e-9\n[[rules]]\nmetric = 'perplexity'\ntask = 'perplexity:conv'\n"
         "max_increase = 1e9\n"
+        # Scored against the wrong references: no direction is better, any limit is allowed.
+        "[[rules]]\nmetric = 'chrf_control'\nmax_increase = 1e9\n"
+        "[[rules]]\nmetric = 'chrf'\nmax_increase = 1e9\n"  # the gate refuses this one
     )
     capsys.readouterr()
     assert _cli(runs, "compare", "base", "bad", "--spec", spec) == 0
     out, err = capsys.readouterr()
     assert "99% CI" in out and "detectable" in out
-    (warning,) = err.strip().splitlines()
-    assert "perplexity:texts/perplexity" in warning and "too small to detect" in warning
+    small, refused = err.strip().splitlines()
+    assert "perplexity:texts/perplexity" in small and "too small to detect" in small
+    assert refused.startswith("warning: chrf may not rise") and "higher chrf is better" in refused
+    # A flag given on the command line wins over the spec's value.
+    assert _cli(runs, "compare", "base", "bad", "--spec", spec, "--alpha", "0.001") == 0
+    assert "99.9% CI" in capsys.readouterr().out
 
 
 def test_intervals_follow_alpha(runs, capsys):
@@ -216,6 +224,10 @@ def test_bad_gate_specs_name_the_problem(runs, suite, tmp_path, capsys):
                   "alpha 5.0 is not a significance level"),
         "direction": ("[[rules]]\nmetric = 'chrf'\nmax_increase = 1\n",
                       "higher chrf is better"),
+        "nan": ("[[rules]]\nmetric = 'bleu'\nmax_drop = nan\n",
+                "rule 1, max_drop: nan is not a finite number"),
+        "text": ("[[rules]]\nmetric = 'bleu'\nmax_drop = 'one'\n",
+                 "rule 1, max_drop: 'one' is not a finite number"),
     }  # fmt: skip
     for name, (text, message) in cases.items():
         (tmp_path / f"{name}.toml").write_text(text)
@@ -490,3 +502,19 @@ def test_a_bias_category_of_one_probe_is_not_judged(tmp_path):
     verdicts = {g["group"]: g["verdict"] for g in report.rules[0].groups}
     assert verdicts == {"gender": "pass", "age": "inconclusive"}
     assert report.exit_code == 0 and "too few probes to judge: age" in report.rules[0].warnings
+
+
+def test_an_undefined_interval_is_no_evidence():
+    from evalkit.compare import MetricComparison
+    from evalkit.gate import GateReport, Rule, _forest_svg, judge_metric
+
+    # A clear rise, but the relative interval is undefined (NaN), as where resampled baselines
+    # reach 0: a relative rule cannot call it significant, and the plot draws no interval.
+    m = MetricComparison("t", "perplexity", 10.0, 12.0, 2.0, 1.0, 3.0, 1e-3, "permutation",
+                         50, False, 0.5)  # fmt: skip
+    rule = Rule("perplexity", limit="max_relative_increase", threshold=0.02)
+    result = judge_metric(rule, m, 0.05)
+    assert result.verdict == "inconclusive"
+    assert m.significant and not MetricComparison(**{**m.__dict__, "low": math.nan}).significant
+    svg = _forest_svg(GateReport("inconclusive", 1, [result], [], [], None, None))
+    assert "nan" not in svg.lower() and svg.count("<circle") == 1
