@@ -13,6 +13,7 @@ whatever the batch size or number of processes.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -127,8 +128,13 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+def _cache_argument(model) -> str:
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _generate_batch(model, tokenizer, prompts: list[list[int]], config, seeds) -> list[Generation]:
     import torch
+    from transformers import DynamicCache
 
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
@@ -149,7 +155,8 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], config, seeds) -
     new_tokens: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     stopped = [False] * len(prompts)
-    cache = None
+    # Filled in place by each step. Newer transformers name the argument `cache`.
+    cache = {_cache_argument(model): DynamicCache()}
     step_ids = ids
     with torch.inference_mode():
         for _ in range(config.max_new_tokens):
@@ -157,10 +164,9 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], config, seeds) -
                 input_ids=step_ids,
                 attention_mask=attention,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **cache,
             )
-            cache = out.past_key_values
             scores = processors(history, out.logits[:, -1, :].float())
             if generators is None:
                 chosen = scores.argmax(-1)
