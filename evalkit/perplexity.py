@@ -247,17 +247,21 @@ def _split_nll(split, inputs: dict, labels, chunk: int):
     if head.bias is not None:
         bound += head.bias.abs().max().float()
     unshifted = bool((bound < 87 - math.log(head.weight.shape[0])).all())
+    # Logits in base 2, from the output layer scaled by log2(e): exp2 runs about twice as fast
+    # as exp on the CPU (AVX2), and the scaling costs one pass over the weights, not the logits.
+    weight = head.weight * math.log2(math.e)
+    bias = None if head.bias is None else head.bias * math.log2(math.e)
     nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
     for start in range(0, len(targets), chunk):
-        logits = head(states[start : start + chunk]).float()
+        logits = torch.nn.functional.linear(states[start : start + chunk], weight, bias).float()
         target_logits = logits.gather(1, targets[start : start + chunk, None])[:, 0]
         # log-sum-exp in place, in fewer passes over the logits than torch.logsumexp.
         if unshifted:
-            log_total = logits.exp_().sum(dim=1).log_()
+            log_total = logits.exp2_().sum(dim=1).log2_()
         else:
             top = logits.amax(dim=1, keepdim=True)
-            log_total = logits.sub_(top).exp_().sum(dim=1).log_().add_(top[:, 0])
-        nll[start : start + chunk] = log_total - target_logits
+            log_total = logits.sub_(top).exp2_().sum(dim=1).log2_().add_(top[:, 0])
+        nll[start : start + chunk] = (log_total - target_logits) * math.log(2)
     totals = torch.zeros(labels.shape[0], dtype=torch.float64, device=hidden.device)
     return totals.index_add_(0, rows, nll.double())
 
