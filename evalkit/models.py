@@ -9,6 +9,7 @@ exact chat template that produced it.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,3 +126,31 @@ def output_layer_split(model):
     if not isinstance(head, torch.nn.Linear) or not isinstance(body, torch.nn.Module):
         return None
     return body, head
+
+
+def base2_output_layer(head: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output layer's weight and bias scaled by log2(e): its logits in base 2.
+
+    A log-sum-exp over the vocabulary then takes exp2, which runs about twice as fast as exp
+    on the CPU (AVX2), and the scaling costs a pass over the weights, not over the logits.
+    Differentiable: gradients reach the layer's parameters.
+    """
+    bias = None if head.bias is None else head.bias * math.log2(math.e)
+    return head.weight * math.log2(math.e), bias
+
+
+def exp_needs_no_shift(states: torch.Tensor, head: torch.nn.Linear) -> bool:
+    """Whether exp of every logit of ``head(states)`` can neither overflow in a sum over the
+    vocabulary nor underflow to zero, so a log-sum-exp needs no max pass.
+
+    |logit| <= |state| * max |weight row| + max |bias|, which must stay within ±(87 - ln
+    vocabulary) (float32's exp range).
+    """
+    import torch
+
+    with torch.no_grad():
+        rows = torch.linalg.vector_norm(states.float(), dim=1)
+        bound = rows * torch.linalg.vector_norm(head.weight.float(), dim=1).max()
+        if head.bias is not None:
+            bound += head.bias.abs().max().float()
+        return bool((bound < 87 - math.log(head.weight.shape[0])).all())

@@ -236,26 +236,19 @@ def _split_nll(split, inputs: dict, labels, chunk: int):
     """
     import torch
 
+    from evalkit.models import base2_output_layer, exp_needs_no_shift
+
     body, head = split
     hidden = body(**inputs)[0]
     rows, cols = (labels != -100).nonzero(as_tuple=True)
     states, targets = hidden[rows, cols], labels[rows, cols]
-    # |logit| <= |state| * max |weight row| + max |bias|. Within ±(87 - ln vocabulary), exp can
-    # neither overflow in the sum nor underflow to zero, so the log-sum-exp needs no max pass.
-    norm = functools.partial(torch.linalg.vector_norm, dim=1, dtype=torch.float32)
-    bound = norm(states) * norm(head.weight).max()
-    if head.bias is not None:
-        bound += head.bias.abs().max().float()
-    unshifted = bool((bound < 87 - math.log(head.weight.shape[0])).all())
-    # Logits in base 2, from the output layer scaled by log2(e): exp2 runs about twice as fast
-    # as exp on the CPU (AVX2), and the scaling costs one pass over the weights, not the logits.
-    weight = head.weight * math.log2(math.e)
-    bias = None if head.bias is None else head.bias * math.log2(math.e)
+    unshifted = exp_needs_no_shift(states, head)
+    weight, bias = base2_output_layer(head)
     nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
     for start in range(0, len(targets), chunk):
         logits = torch.nn.functional.linear(states[start : start + chunk], weight, bias).float()
         target_logits = logits.gather(1, targets[start : start + chunk, None])[:, 0]
-        # log-sum-exp in place, in fewer passes over the logits than torch.logsumexp.
+        # log-sum-exp in base 2 in place, in fewer passes over the logits than torch.logsumexp.
         if unshifted:
             log_total = logits.exp2_().sum(dim=1).log2_()
         else:

@@ -3,8 +3,8 @@ import contextlib
 import pytest
 import torch
 
-from evalkit.models import load_model
-from finetune.loss import TargetNLL, probe, target_nll
+from evalkit.models import exp_needs_no_shift, load_model
+from finetune.loss import TargetNLL, probe, summed_nll, target_nll
 from finetune.packing import collate, encode, pack
 from finetune.train import _read_split
 
@@ -57,3 +57,21 @@ def test_logits_changed_after_the_output_layer_keep_the_whole_model(batch_and_mo
 
     model.forward = soft_capped
     assert chosen().split is None
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])  # 100: logits past exp's range, shifted by max
+def test_summed_nll_is_cross_entropy(scale):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    states = (torch.randn(30, 16) * scale).requires_grad_()
+    targets = torch.randint(0, 50, (30,))
+    assert exp_needs_no_shift(states, head) == (scale == 1.0)
+    ours = summed_nll(states, head, targets)
+    ours.backward()
+    grads = [states.grad, head.weight.grad, head.bias.grad]
+    states.grad = head.weight.grad = head.bias.grad = None
+    reference = torch.nn.functional.cross_entropy(head(states), targets, reduction="sum")
+    reference.backward()
+    torch.testing.assert_close(ours, reference)
+    for a, b in zip(grads, [states.grad, head.weight.grad, head.bias.grad]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
