@@ -134,7 +134,6 @@ def _cache_argument(model) -> str:
 
 def _generate_batch(model, tokenizer, prompts: list[list[int]], config, seeds) -> list[Generation]:
     import torch
-    from transformers import DynamicCache
 
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
@@ -155,8 +154,8 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], config, seeds) -
     new_tokens: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     stopped = [False] * len(prompts)
-    # Filled in place by each step. Newer transformers name the argument `cache`.
-    cache = {_cache_argument(model): DynamicCache()}
+    # The model's own cache, from its first step on; newer transformers name it `cache`.
+    cache_name, cache = _cache_argument(model), {}
     step_ids = ids
     with torch.inference_mode():
         for _ in range(config.max_new_tokens):
@@ -167,6 +166,7 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], config, seeds) -
                 use_cache=True,
                 **cache,
             )
+            cache = {cache_name: getattr(out, cache_name)}
             scores = processors(history, out.logits[:, -1, :].float())
             if generators is None:
                 chosen = scores.argmax(-1)
