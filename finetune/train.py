@@ -3,7 +3,7 @@
 One loop, read top to bottom: load the model and the data, pack conversations into rows,
 train with AdamW and a warm-up + decay schedule, evaluate every ``eval_every`` steps, keep the
 best model, stop early, checkpoint often. The same code runs on the CPU, on CUDA (bf16
-autocast, fused AdamW) and under ``torchrun`` with DDP.
+autocast) and under ``torchrun`` with DDP; AdamW is PyTorch's fused one on both devices.
 
 A run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``model/`` (the
 final weights, Hugging Face format), ``best/`` (the best by validation loss) and ``README.md``
@@ -400,7 +400,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
             {"params": no_decay, "weight_decay": 0.0},
         ],
         lr=cfg.learning_rate,
-        fused=device.type == "cuda",
+        # One kernel over all parameters: on the CPU a third of the per-tensor loop's time
+        # (2.7-3.2 against 8.2 ms a step for the default base model, gradient clipping included).
+        fused=device.type in ("cuda", "cpu"),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
     pad_id = tokenizer.pad_token_id or 0
