@@ -144,10 +144,13 @@ def exp_needs_no_shift(states: torch.Tensor, head: torch.nn.Linear) -> bool:
     vocabulary nor underflow to zero, so a log-sum-exp needs no max pass.
 
     |logit| <= |state| * max |weight row| + max |bias|, which must stay within ±(87 - ln
-    vocabulary) (float32's exp range).
+    vocabulary) (float32's exp range). Off the CPU the answer is always no: reading it back
+    would make the host wait for the device at every batch, and a max pass costs little there.
     """
     import torch
 
+    if states.device.type != "cpu":
+        return False
     with torch.no_grad():
         rows = torch.linalg.vector_norm(states.float(), dim=1)
         bound = rows * torch.linalg.vector_norm(head.weight.float(), dim=1).max()

@@ -59,6 +59,12 @@ def test_logits_changed_after_the_output_layer_keep_the_whole_model(batch_and_mo
     assert chosen().split is None
 
 
+def test_no_shift_bound_is_not_read_back_off_the_cpu():
+    # On a device, reading the bound back would stall the host every batch: always shift.
+    head = torch.nn.Linear(16, 50, device="meta")
+    assert exp_needs_no_shift(torch.zeros(3, 16, device="meta"), head) is False
+
+
 @pytest.mark.parametrize("scale", [1.0, 100.0])  # 100: logits past exp's range, shifted by max
 def test_summed_nll_is_cross_entropy(scale):
     torch.manual_seed(0)
