@@ -18,9 +18,9 @@ tokens, so two runs can be compared example by example. The definition is lm-eva
 
 Speed (the figures are in ``benchmarks/RESULTS.md``): windows are sorted by length and batched
 by a token budget with little padding; the model runs without a key-value cache and with fused
-layers (:mod:`evalkit.fusion`); the output layer runs only at the scored positions, its
-log-sum-exp taken by cache-sized chunks; on the CPU a small model's batches run on one thread
-per core rather than splitting every op across cores.
+layers (:mod:`evalkit.fusion`); the output layer runs only at the scored positions (on the
+CPU as one oneDNN op), its log-sum-exp taken by cache-sized chunks; on the CPU a small model's
+batches run on one thread per core rather than splitting every op across cores.
 
 Aggregates, as lm-eval's:
 
@@ -125,7 +125,7 @@ def sequence_nll(
     import torch
     from tqdm.auto import tqdm
 
-    from evalkit.fusion import fast_layers, same_within_rounding
+    from evalkit.fusion import fast_layers, onednn_linear, onednn_ready, same_within_rounding
     from evalkit.models import output_layer_split
 
     stride = stride or max_length
@@ -192,7 +192,8 @@ def sequence_nll(
                 )
                 row_nll = nll.view(len(batch), width).sum(dim=1, dtype=torch.float64)
             else:
-                row_nll = _split_nll(split, inputs, labels_t, 128 if device.type == "cpu" else 4096)
+                chunk = 128 if device.type == "cpu" else 4096
+                row_nll = _split_nll(split, inputs, labels_t, chunk, linear)
         return owners, row_nll, (labels != -100).sum(axis=1)
 
     workers = _cpu_workers(model) if device.type == "cpu" else nullcontext((None, 1))
@@ -205,6 +206,7 @@ def sequence_nll(
         return same_within_rounding(score(probe, split)[1], reference, autocast_dtype is not None)
 
     onednn = device.type == "cpu" and autocast_dtype is None and _small(model)
+    linear = onednn_linear if onednn and onednn_ready(model) else torch.nn.functional.linear
     with fast_layers(model, same, onednn=onednn), workers as (pool, threads):
         split = output_layer_split(model) if probe else None
         if split is not None:
@@ -228,11 +230,12 @@ def sequence_nll(
     return [(float(nll), int(count)) for nll, count in zip(totals, counts)]
 
 
-def _split_nll(split, inputs: dict, labels, chunk: int):
+def _split_nll(split, inputs: dict, labels, chunk: int, linear):
     """Summed NLL of each row from the body's hidden states, the output layer run by chunks.
 
-    Only the scored positions go through the output layer, ``chunk`` rows at a time (128 on
-    the CPU: the log-sum-exp over the vocabulary is taken while those logits are in cache).
+    Only the scored positions go through the output layer (``linear``, as ``F.linear``),
+    ``chunk`` rows at a time (128 on the CPU: the log-sum-exp over the vocabulary is taken
+    while those logits are in cache).
     """
     import torch
 
@@ -246,7 +249,7 @@ def _split_nll(split, inputs: dict, labels, chunk: int):
     weight, bias = base2_output_layer(head)
     nll = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
     for start in range(0, len(targets), chunk):
-        logits = torch.nn.functional.linear(states[start : start + chunk], weight, bias).float()
+        logits = linear(states[start : start + chunk], weight, bias).float()
         target_logits = logits.gather(1, targets[start : start + chunk, None])[:, 0]
         # log-sum-exp in base 2 in place, in fewer passes over the logits than torch.logsumexp.
         if unshifted:

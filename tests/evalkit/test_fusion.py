@@ -51,6 +51,22 @@ def test_a_failed_check_or_an_error_keeps_the_model_as_loaded(micro_model):
     assert _types(model) == before
 
 
+@needs_onednn
+def test_onednn_linear_is_f_linear():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(128, 64), torch.randn(4096, 64), torch.randn(4096)
+    for b in (None, bias):
+        torch.testing.assert_close(
+            evalkit.fusion.onednn_linear(x, weight, b), torch.nn.functional.linear(x, weight, b)
+        )
+
+
+def test_onednn_is_only_for_float32_on_the_cpu(micro_model):
+    model, _ = load_model(micro_model, device="cpu")
+    assert evalkit.fusion.onednn_ready(model) == (evalkit.fusion._onednn_linear() is not None)
+    assert not evalkit.fusion.onednn_ready(model.double())
+
+
 def test_sigmoid_gelu_is_the_tanh_gelu():
     x = torch.cat([torch.linspace(-30, 30, 20001), torch.tensor([-1e20, 1e20, 0.0])])
     reference = torch.nn.functional.gelu(x, approximate="tanh")
