@@ -23,6 +23,13 @@ from evalkit.errors import EvalkitError
 log = logging.getLogger("evalkit")
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
 def _cmd_data_corpus(args: argparse.Namespace) -> None:
     from finetune.corpora import load_corpus, write_jsonl
 
@@ -478,7 +485,7 @@ def _add_eval_parsers(commands) -> None:
     ev.add_argument("--model", required=True, metavar="DIR", help="model directory (HF format)")
     ev.add_argument("--suite", required=True, metavar="FILE", help="suite TOML")
     ev.add_argument("--name", help="a name for the run (usable instead of its id)")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--batch-size", type=_positive, default=16)
     ev.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     ev.set_defaults(func=_cmd_eval)
     runs = commands.add_parser("runs", help="list evaluation runs, or show one")

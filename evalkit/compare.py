@@ -152,17 +152,20 @@ class Comparison:
         def rows(items):
             return [{**asdict(m), "relative": m.relative} for m in items]
 
-        return {
-            "baseline": _run_info(self.baseline),
-            "candidate": _run_info(self.candidate),
-            "n_resamples": self.n_resamples,
-            "seed": self.seed,
-            "alpha": self.alpha,
-            "metrics": rows(self.metrics),
-            "breakdown": {
-                f: {v: rows(ms) for v, ms in values.items()} for f, values in self.breakdown.items()
-            },
-        }
+        return finite(
+            {
+                "baseline": _run_info(self.baseline),
+                "candidate": _run_info(self.candidate),
+                "n_resamples": self.n_resamples,
+                "seed": self.seed,
+                "alpha": self.alpha,
+                "metrics": rows(self.metrics),
+                "breakdown": {
+                    f: {v: rows(ms) for v, ms in values.items()}
+                    for f, values in self.breakdown.items()
+                },
+            }
+        )
 
 
 def _run_info(run: dict) -> dict:
@@ -291,6 +294,17 @@ def _paired(task: str, b: TaskScores, c: TaskScores) -> None:
         )
 
 
+def finite(value):
+    """``value`` with NaN and infinity as None, at any depth: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 def compare_runs(
     con: duckdb.DuckDBPyConnection,
     baseline_id: str,
@@ -325,6 +339,12 @@ def compare_runs(
     metrics = _compare_by_size(entries, n_resamples, seed, alpha)
     breakdown: dict[str, dict[str, list[MetricComparison]]] = {f: {} for f in by}
     for name in by:
+        if not any(name in m for _, _, b, _ in entries for m in b.metadata):
+            fields = sorted({k for _, _, b, _ in entries for m in b.metadata for k in m})
+            raise EvalkitError(
+                f"no example of run {baseline['run_id']} has the metadata field {name!r}",
+                hint=f"fields: {', '.join(fields) or 'none'}",
+            )
         slices: dict[str, list[Entry]] = {}
         for task, task_metrics, b, c in entries:
             values = np.array([str(m.get(name)) for m in b.metadata])

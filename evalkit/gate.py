@@ -45,7 +45,13 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from evalkit.compare import Comparison, MetricComparison, compare_runs, interval_label
+from evalkit.compare import (
+    Comparison,
+    MetricComparison,
+    compare_runs,
+    finite,
+    interval_label,
+)
 from evalkit.errors import EvalkitError
 from evalkit.stats import paired_bootstrap
 from evalkit.suite import read_toml
@@ -115,7 +121,10 @@ def load_spec(path: str | Path) -> GateSpec:
     path = Path(path)
     definition = read_toml(path, "gate spec")
     rules = []
-    for i, raw in enumerate(definition.get("rules", []), start=1):
+    specs = definition.get("rules", [])
+    if not isinstance(specs, list) or not all(isinstance(r, dict) for r in specs):
+        raise EvalkitError(f"gate spec {path}: rules must be [[rules]] tables")
+    for i, raw in enumerate(specs, start=1):
         raw = dict(raw)
         kind = raw.pop("type", "metric")
         where = f"gate spec {path}, rule {i}"
@@ -126,7 +135,7 @@ def load_spec(path: str | Path) -> GateSpec:
                     "bias",
                     raw.pop("task", "bias"),
                     group_by=raw.pop("group_by", "category"),
-                    center=float(raw.pop("center", 0.5)),
+                    center=_threshold(raw.pop("center", 0.5), f"{where}, center"),
                 )
             )
         elif kind == "metric":
@@ -153,21 +162,18 @@ def load_spec(path: str | Path) -> GateSpec:
             raise EvalkitError(f"{where}: unknown key {unknown[0]!r}")
     if not rules:
         raise EvalkitError(f"gate spec {path} has no [[rules]]")
-    alpha = float(definition.get("alpha", 0.05))
+    alpha = _threshold(definition.get("alpha", 0.05), f"gate spec {path}, alpha")
     if not 0 < alpha < 0.5:
         raise EvalkitError(
             f"gate spec {path}: alpha {alpha} is not a significance level (e.g. 0.05)"
         )
-    n_resamples = int(definition.get("n_resamples", 2000))
+    n_resamples, seed = definition.get("n_resamples", 2000), definition.get("seed", 0)
+    for key, value in (("n_resamples", n_resamples), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EvalkitError(f"gate spec {path}: {key} {value!r} is not a whole number")
     if n_resamples < 1000:
         raise EvalkitError(f"gate spec {path}: n_resamples must be at least 1000")
-    return GateSpec(
-        rules,
-        alpha,
-        n_resamples,
-        int(definition.get("seed", 0)),
-        definition,
-    )
+    return GateSpec(rules, alpha, n_resamples, seed, definition)
 
 
 @dataclass
@@ -429,7 +435,7 @@ class GateReport:
 
     def to_dict(self) -> dict:
         """Every number of the report; NaN and infinity become null (strict JSON)."""
-        return _finite(
+        return finite(
             {
                 "verdict": self.verdict,
                 "exit_code": self.exit_code,
@@ -440,16 +446,6 @@ class GateReport:
                 **self.comparison.to_dict(),
             }
         )
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def run_gate(

@@ -16,7 +16,7 @@ import hashlib
 import inspect
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
@@ -47,7 +47,14 @@ class DecodingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(self.stop))
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, list | tuple) or not all(isinstance(x, str) and x for x in stop):
+            raise EvalkitError(f"decoding: stop {self.stop!r} is not a string or list of strings")
+        object.__setattr__(self, "stop", tuple(stop))
+        for name in ("max_new_tokens", "top_k", "seed", "no_repeat_ngram_size"):
+            _check_number(name, getattr(self, name), int)
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            _check_number(name, getattr(self, name), int | float)
         if self.max_new_tokens < 1:
             raise EvalkitError("max_new_tokens must be at least 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
@@ -57,6 +64,18 @@ class DecodingConfig:
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+
+def decoding_config(params: dict) -> DecodingConfig:
+    """The decoding parameters among a task's keys (the suite checks there are no others)."""
+    known = {f.name for f in fields(DecodingConfig)}
+    return DecodingConfig(**{k: v for k, v in params.items() if k in known})
+
+
+def _check_number(name: str, value, kind) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "whole number" if kind is int else "number"
+        raise EvalkitError(f"decoding: {name} {value!r} is not a {what}")
 
 
 @dataclass(frozen=True)

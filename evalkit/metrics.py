@@ -25,6 +25,7 @@ import numpy as np
 from evalkit.errors import EvalkitError
 
 REFERENCE_METRICS = ("bleu", "chrf", "ter")
+GENERATION_METRICS = (*REFERENCE_METRICS, "exact_match", "length")  # a task's choice
 LOWER_IS_BETTER = {"ter"}
 
 

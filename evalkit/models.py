@@ -54,7 +54,15 @@ def pick_device(device: str | None = None) -> torch.device:
     import torch
 
     if device:
-        return torch.device(device)
+        try:
+            picked = torch.device(device)
+        except RuntimeError:
+            raise EvalkitError(
+                f"device {device!r} is not a device", hint="cpu, cuda or cuda:N"
+            ) from None
+        if picked.type == "cuda" and not torch.cuda.is_available():
+            raise EvalkitError(f"device {device!r}: this machine has no CUDA", hint="use cpu")
+        return picked
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

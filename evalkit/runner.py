@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import subprocess
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from evalkit import __version__
 from evalkit.errors import EvalkitError
 from evalkit.metrics import (
+    GENERATION_METRICS,
     REFERENCE_METRICS,
     RunMetric,
     corpus_from_stats,
@@ -80,8 +80,14 @@ def run_perplexity(model, tokenizer, task: TaskSpec, examples: list[Example], ba
     (masked as in training; ``scope = "all"`` scores every token)."""
     from evalkit.perplexity import ExampleNLL, context_length, sequence_nll, text_nll
 
-    max_length = task.params.get("max_length") or context_length(model, tokenizer)
+    context = context_length(model, tokenizer)
+    max_length = task.params.get("max_length") or context
     stride = task.params.get("stride")
+    if max_length > context or (stride or 0) > max_length:
+        raise EvalkitError(
+            f"task {task.name}: max_length {max_length}, stride {stride}",
+            hint=f"max_length at most the model's context ({context}), stride at most max_length",
+        )
     texts = [e for e in examples if e.messages is None]
     convs = [e for e in examples if e.messages is not None]
     scored: dict[str, tuple[ExampleNLL, str]] = {}
@@ -138,16 +144,9 @@ def run_perplexity(model, tokenizer, task: TaskSpec, examples: list[Example], ba
     return results
 
 
-def decoding_config(params: dict):
-    from evalkit.generation import DecodingConfig
-
-    known = {f.name for f in fields(DecodingConfig)}
-    return DecodingConfig(**{k: v for k, v in params.items() if k in known})
-
-
 def run_generation(model, tokenizer, task, examples, batch_size, cache, seed):
     """Generate a response per conversation; score it against its reference and the control."""
-    from evalkit.generation import generate
+    from evalkit.generation import decoding_config, generate
 
     _require_template(tokenizer)
     if any(e.messages is None for e in examples):
@@ -156,7 +155,7 @@ def run_generation(model, tokenizer, task, examples, batch_size, cache, seed):
     wanted = task.params.get("metrics")
     has_refs = all(r is not None for r in references)
     if wanted is None:
-        wanted = [*REFERENCE_METRICS, "exact_match", "length"] if has_refs else ["length"]
+        wanted = list(GENERATION_METRICS) if has_refs else ["length"]
         if not has_refs:
             log.warning(
                 "task %s: not every example has a reference; no reference metrics", task.name
@@ -168,6 +167,12 @@ def run_generation(model, tokenizer, task, examples, batch_size, cache, seed):
             f"task {task.name}: example {missing} does not end with an assistant turn, so "
             f"{', '.join(needs_refs)} have no reference",
             hint='end every conversation with the reference answer, or set metrics = ["length"]',
+        )
+    if needs_refs and len(examples) < 2:
+        raise EvalkitError(
+            f"task {task.name}: dataset {task.dataset} has one example, and the content control "
+            "scores each response against another example's reference",
+            hint='give the dataset at least two examples, or set metrics = ["length"]',
         )
     config = decoding_config(task.params)
     outputs = generate(model, tokenizer, list(prompts), config, batch_size=batch_size, cache=cache)
@@ -234,7 +239,7 @@ def run_bias(model, tokenizer, task: TaskSpec, batch_size: int, cache) -> list[E
             model, tokenizer, probes.pairs, batch_size=batch_size, task=task.name
         )
     if kind == "generation":
-        from evalkit.generation import generate
+        from evalkit.generation import decoding_config, generate
 
         if not probes.prompts:
             raise EvalkitError(f"task {task.name}: {probes.name} holds no prompt pairs")

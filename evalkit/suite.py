@@ -14,6 +14,7 @@ Example::
     [[tasks]]
     type = "perplexity"             # assistant turns given their context, on conversations
     dataset = "support"
+    # max_length, stride (sliding windows), scope = "all" (every token, not the assistant's)
 
     [[tasks]]
     type = "generation"
@@ -21,6 +22,7 @@ Example::
     max_new_tokens = 64
     repetition_penalty = 1.3
     no_repeat_ngram_size = 3
+    # temperature, top_p, top_k, seed; stop = "END" or a list; metrics = ["bleu", "chrf", ...]
 
     [[tasks]]
     type = "bias"                   # likelihood of minimal pairs; the project's probe set
@@ -44,13 +46,16 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
 
 TASK_TYPES = ("perplexity", "generation", "bias", "rating_sample")
 RATING_SAMPLE_KEYS = ("kind", "slice_field", "per_slice", "seed", "priority", "overlap")
+PERPLEXITY_KEYS = ("max_length", "stride", "scope")
+PERPLEXITY_SCOPES = ("assistant", "all")
+BIAS_KINDS = ("likelihood", "generation")
 
 
 @dataclass(frozen=True)
@@ -127,9 +132,21 @@ def load_suite(path: str | Path) -> Suite:
                 f"suite {path}: dataset {name!r} names {spec['path']}, which does not exist",
                 hint=f"paths are relative to the suite file ({path.parent})",
             )
-        datasets[name] = DatasetSpec(name, data_path, spec.get("limit"))
+        limit = spec.get("limit")
+        if limit is not None and not _positive_int(limit):
+            raise EvalkitError(
+                f"suite {path}: dataset {name!r} has limit {limit!r}",
+                hint="a whole number of examples, at least 1 (or no limit)",
+            )
+        datasets[name] = DatasetSpec(name, data_path, limit)
+    seed = definition.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise EvalkitError(f"suite {path}: seed {seed!r} is not a whole number")
+    specs = definition.get("tasks", [])
+    if not isinstance(specs, list) or not all(isinstance(t, dict) for t in specs):
+        raise EvalkitError(f"suite {path}: tasks must be [[tasks]] tables")
     tasks = []
-    for i, spec in enumerate(definition.get("tasks", []), start=1):
+    for i, spec in enumerate(specs, start=1):
         spec = dict(spec)
         kind = spec.pop("type", None)
         if kind not in TASK_TYPES:
@@ -153,6 +170,8 @@ def load_suite(path: str | Path) -> Suite:
     for task in tasks:
         if task.type == "rating_sample":
             _check_rating_sample(path, task, tasks)
+        else:
+            _check_task(path, task)
     names = [t.name for t in tasks]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
@@ -162,9 +181,54 @@ def load_suite(path: str | Path) -> Suite:
         path,
         datasets,
         tasks,
-        int(definition.get("seed", 0)),
+        seed,
         definition,
     )
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_task(path: Path, task: TaskSpec) -> None:
+    """A perplexity, generation or bias task takes only its own keys, with valid values, so a
+    misspelt key is an error at once rather than a default silently used."""
+    from evalkit.generation import DecodingConfig, decoding_config
+    from evalkit.metrics import GENERATION_METRICS
+
+    decoding = {f.name for f in fields(DecodingConfig)}
+    keys = {
+        "perplexity": set(PERPLEXITY_KEYS),
+        "generation": decoding | {"metrics"},
+        "bias": decoding | {"probes", "kind"},
+    }[task.type]
+    where = f"suite {path}: task {task.name}"
+    unknown = sorted(set(task.params) - keys)
+    if unknown:
+        raise EvalkitError(
+            f"{where} has unknown key(s) {', '.join(unknown)}",
+            hint=f"a {task.type} task takes {', '.join(sorted(keys))}",
+        )
+    params = task.params
+    for key in ("max_length", "stride"):
+        if key in params and not _positive_int(params[key]):
+            raise EvalkitError(f"{where}: {key} {params[key]!r} is not a whole number >= 1")
+    if params.get("scope", "assistant") not in PERPLEXITY_SCOPES:
+        raise EvalkitError(
+            f"{where}: scope {params['scope']!r}", hint=f"use {' or '.join(PERPLEXITY_SCOPES)}"
+        )
+    if params.get("kind", "likelihood") not in BIAS_KINDS:
+        raise EvalkitError(f"{where}: kind {params['kind']!r}", hint=" or ".join(BIAS_KINDS))
+    metrics = params.get("metrics", [])
+    if not isinstance(metrics, list) or not set(metrics) <= set(GENERATION_METRICS):
+        raise EvalkitError(
+            f"{where}: metrics {metrics!r}", hint=f"a list of {', '.join(GENERATION_METRICS)}"
+        )
+    if task.type != "perplexity":
+        try:
+            decoding_config(params)
+        except EvalkitError as exc:
+            raise EvalkitError(f"{where}: {exc}") from None
 
 
 def _check_rating_sample(path: Path, task: TaskSpec, tasks: list[TaskSpec]) -> None:
@@ -208,22 +272,28 @@ def load_examples(spec: DatasetSpec) -> list[Example]:
     """The examples of a dataset file: conversation JSONL, JSONL with "text", or plain lines."""
     path = spec.path
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if spec.limit is not None and len(examples) >= spec.limit:
-                break
-            if not line.strip():
-                continue
-            if path.suffix not in (".jsonl", ".json"):
-                examples.append(Example(str(number), None, line.rstrip("\n"), {}))
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalkitError(
-                    f"{path}: line {number} is not JSON ({exc.msg})", hint="fix or remove the line"
-                ) from None
-            examples.append(_example(record, path, number))
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise EvalkitError(
+            f"{path}: line {line} is not UTF-8 text", hint="save the file as UTF-8"
+        ) from None
+    for number, line in enumerate(lines, start=1):
+        if spec.limit is not None and len(examples) >= spec.limit:
+            break
+        if not line.strip():
+            continue
+        if path.suffix not in (".jsonl", ".json"):
+            examples.append(Example(str(number), None, line, {}))
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalkitError(
+                f"{path}: line {number} is not JSON ({exc.msg})", hint="fix or remove the line"
+            ) from None
+        examples.append(_example(record, path, number))
     if not examples:
         raise EvalkitError(f"dataset {spec.name} ({path}) is empty", hint="give it examples")
     ids = [e.id for e in examples]

@@ -171,13 +171,19 @@ def test_a_damaged_candidate_fails_the_gate(runs, suite, tmp_path):
         assert report[side]["model_hash"] and report[side]["code_version"]
 
 
+def _not_strict_json(constant: str):
+    raise AssertionError(f"{constant} is not JSON")
+
+
 def test_compare_prints_intervals_and_breakdown(runs, capsys):
     capsys.readouterr()
     assert _cli(runs, "compare", "base", "bad", "--by", "topic", "--json") == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out, parse_constant=_not_strict_json)
     ppl = next(m for m in data["metrics"] if m["task"] == "perplexity:texts")
     assert ppl["metric"] == "perplexity" and ppl["low"] <= ppl["difference"] <= ppl["high"]
     assert set(data["breakdown"]["topic"]) >= {"ai", "trivia", "coding"}
+    assert _cli(runs, "compare", "base", "bad", "--by", "topci") == 2
+    assert "metadata field 'topci'" in capsys.readouterr().err
     assert _cli(runs, "compare", "base", "bad") == 0
     assert "significant" in capsys.readouterr().out
 
@@ -228,6 +234,11 @@ def test_bad_gate_specs_name_the_problem(runs, suite, tmp_path, capsys):
                 "rule 1, max_drop: nan is not a finite number"),
         "text": ("[[rules]]\nmetric = 'bleu'\nmax_drop = 'one'\n",
                  "rule 1, max_drop: 'one' is not a finite number"),
+        "seed": ("seed = 'abc'\n[[rules]]\nmetric = 'bleu'\nmax_drop = 1\n",
+                 "seed 'abc' is not a whole number"),
+        "alpha_text": ("alpha = 'x'\n[[rules]]\nmetric = 'bleu'\nmax_drop = 1\n",
+                       "alpha: 'x' is not a finite number"),
+        "rules": ("rules = 'bleu'\n", "rules must be [[rules]] tables"),
     }  # fmt: skip
     for name, (text, message) in cases.items():
         (tmp_path / f"{name}.toml").write_text(text)

@@ -58,3 +58,11 @@ def test_chat_template_fingerprint_changes_with_the_template(micro_model):
     assert chat_template_fingerprint(tokenizer) != first
     tokenizer.chat_template = None
     assert chat_template_fingerprint(tokenizer) == "none"
+
+
+def test_a_device_that_is_not_one_is_named():
+    from evalkit.models import pick_device
+
+    with pytest.raises(EvalkitError, match="'bogus' is not a device"):
+        pick_device("bogus")
+    assert pick_device("cpu").type == "cpu"
