@@ -176,6 +176,17 @@ def _run_info(run: dict) -> dict:
         "code_version": run.get("code_version"),
         "finished_at": str(run.get("finished_at")),
         "lineage": run.get("lineage") or {},
+        "signatures": signatures(run),
+    }
+
+
+def signatures(run: dict) -> dict[str, dict[str, str]]:
+    """sacrebleu's signature of each reference metric, by generation task, as the run stored."""
+    summary = run.get("summary") or {}
+    return {
+        task: s["signatures"]
+        for task, s in summary.items()
+        if isinstance(s, dict) and s.get("signatures")
     }
 
 

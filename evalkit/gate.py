@@ -51,6 +51,7 @@ from evalkit.compare import (
     compare_runs,
     finite,
     interval_label,
+    signatures,
 )
 from evalkit.errors import EvalkitError
 from evalkit.stats import paired_bootstrap
@@ -347,7 +348,27 @@ def worst_examples(
             return cols[0] - cols[1] if len(cols) == 2 else cols[0]
         return metric.aggregate(np.hstack([table[:, idx], np.ones((len(table), 1))]))
 
-    change = sign * (per_example(c.table) - per_example(b.table))
+    before, after = per_example(b.table), per_example(c.table)
+    return _worst_rows(con, comparison, result.task, before, after, sign * (after - before))
+
+
+def bias_worst_examples(
+    con: duckdb.DuckDBPyConnection, comparison: Comparison, rule: Rule, result: RuleResult
+) -> list[dict]:
+    """The probes of the rule's worst group that moved its score away from the center."""
+    scores_b, scores_c = comparison.scores
+    b, c = scores_b[rule.task], scores_c[rule.task]
+    group = max(result.groups, key=lambda g: g["low"])
+    labels = np.array([str(m.get(rule.group_by, "all")) for m in b.metadata])
+    before, after = b.column(rule.metric), c.column(rule.metric)
+    away = np.sign(group["candidate"] - rule.center)
+    change = np.where(labels == group["group"], away * (after - before), 0.0)
+    return _worst_rows(con, comparison, rule.task, before, after, change)
+
+
+def _worst_rows(con, comparison: Comparison, task: str, before, after, change) -> list[dict]:
+    """The ``WORST`` examples of largest positive ``change``, with the texts of both runs."""
+    b = comparison.scores[0][task]
     order = [int(i) for i in np.argsort(-change, kind="stable")[:WORST] if change[i] > 0]
     rows = []
     for i in order:
@@ -357,14 +378,14 @@ def worst_examples(
             found = con.execute(
                 "SELECT prompt, reference, output FROM eval_examples "
                 "WHERE run_id = ? AND task = ? AND example_id = ?",
-                [run["run_id"], result.task, example_id],
+                [run["run_id"], task, example_id],
             ).fetchone()
-            texts["prompt"], texts["reference"], texts[f"{side}_output"] = found
+            texts["prompt"], texts["reference"], texts[f"{side}_output"] = found or (None,) * 3
         rows.append(
             {
                 "example_id": example_id,
-                "baseline_value": float(per_example(b.table[i : i + 1])[0]),
-                "candidate_value": float(per_example(c.table[i : i + 1])[0]),
+                "baseline_value": float(before[i]),
+                "candidate_value": float(after[i]),
                 **texts,
                 "metadata": b.metadata[i],
             }
@@ -372,21 +393,34 @@ def worst_examples(
     return rows
 
 
+def _unknown(note: str) -> dict:
+    return {"task": None, "status": "unknown", "note": note}
+
+
 def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> list[dict]:
-    """Per task: evaluation examples sharing a 13-gram with the candidate's training data."""
+    """Per task: evaluation examples sharing a 13-gram with the candidate's training data.
+
+    The training split is read only if it is still the one trained on: its hash in the dataset
+    manifest, and the manifest's dataset hash the one the training run recorded.
+    """
     from finetune.contamination import overlap
+    from finetune.prepare import sha256_file
 
     lineage = comparison.candidate.get("lineage") or {}
     train = Path(lineage.get("dataset", "")) / "train.jsonl" if lineage.get("dataset") else None
     if not train or not train.is_file():
-        return [
-            {
-                "task": None,
-                "status": "unknown",
-                "note": "the candidate names no training dataset (not trained by evalkit, or "
-                "its dataset directory is gone)",
-            }
-        ]
+        return [_unknown("the candidate names no training dataset (not trained by evalkit, or "
+                         "its dataset directory is gone)")]  # fmt: skip
+    try:
+        manifest = json.loads((train.parent / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    recorded = lineage.get("dataset_hash")
+    if manifest.get("files", {}).get("train.jsonl") != sha256_file(train) or (
+        recorded and manifest.get("dataset_hash") != recorded
+    ):
+        return [_unknown(f"{train} is not the training data the candidate's run recorded "
+                         "(changed since, or its manifest is)")]  # fmt: skip
     train_texts = []
     with open(train, encoding="utf-8") as f:
         for line in f:
@@ -458,7 +492,9 @@ def run_gate(
     results = []
     for rule in spec.rules:
         if rule.type == "bias":
-            results.append(judge_bias(rule, comparison, spec))
+            result = judge_bias(rule, comparison, spec)
+            result.worst = bias_worst_examples(con, comparison, rule, result)
+            results.append(result)
             continue
         result = judge_metric(rule, comparison.find(rule.metric, rule.task), spec.alpha)
         result.worst = worst_examples(con, comparison, result, DIRECTIONS[rule.limit][0])
@@ -582,6 +618,10 @@ def render_markdown(report: GateReport) -> str:
             f"{lineage.get('training_run', 'unknown')}, dataset "
             f"`{(lineage.get('dataset_hash') or 'unknown')[:12]}`, code {run['code_version']}"
         )
+    lines += ["", "## Metric signatures (sacrebleu)", ""]
+    for side, run in (("baseline", b), ("candidate", c)):
+        for task, by_metric in signatures(run).items():
+            lines += [f"- {side}, {task}, {m}: `{sig}`" for m, sig in sorted(by_metric.items())]
     lines += ["", "## Contamination (candidate's training data vs evaluation sets)", ""]
     for row in report.contamination:
         if row["task"] is None:

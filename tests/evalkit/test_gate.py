@@ -169,6 +169,10 @@ def test_a_damaged_candidate_fails_the_gate(runs, suite, tmp_path):
     assert float(points[row].get("cx")) > float(threshold.get("x1"))
     for side in ("baseline", "candidate"):
         assert report[side]["model_hash"] and report[side]["code_version"]
+        (by_metric,) = report[side]["signatures"].values()  # the one generation task
+        assert set(by_metric) == {"bleu", "chrf", "ter"}
+        assert f"{side}, generation:conv, bleu: `{by_metric['bleu']}`" in md
+    assert by_metric["bleu"].startswith("nrefs:1|") and "version:" in by_metric["chrf"]
 
 
 def _not_strict_json(constant: str):
@@ -416,6 +420,17 @@ def test_lineage_and_contamination_of_a_trained_candidate(
     assert found["perplexity:train"]["status"] == "contaminated"
     assert found["perplexity:test"]["contaminated"] < found["perplexity:train"]["contaminated"]
     assert "unknown" in {row["status"] for row in _baseline_contamination(workspace, tmp_path)}
+    # Training data edited after training: not the data the candidate saw, so not checked.
+    train_file = topics_dataset / "train.jsonl"
+    original = train_file.read_bytes()
+    try:
+        train_file.write_bytes(original + original.splitlines(keepends=True)[0])
+        _cli(workspace, "gate", "--baseline", "lineage-base", "--candidate", "lineage-tuned",
+             "--spec", tmp_path / "gate.toml", "--out", tmp_path / "edited")  # fmt: skip
+    finally:
+        train_file.write_bytes(original)
+    (row,) = _report(tmp_path / "edited")["contamination"]
+    assert row["status"] == "unknown" and "is not the training data" in row["note"]
 
 
 def _baseline_contamination(workspace, tmp_path):
@@ -475,8 +490,13 @@ def test_bias_rule_fails_only_where_the_candidate_is_more_biased(tmp_path):
         assert report.exit_code == 1
         verdicts = {g["group"]: g["verdict"] for g in report.rules[0].groups}
         assert verdicts == {"gender": "fail", "age": "pass"}
+        # The worst examples: gender probes that flipped to the stereotype (20..35 of 40).
+        worst = report.rules[0].worst
+        assert len(worst) == 5 and all(w["metadata"]["category"] == "gender" for w in worst)
+        assert all(w["baseline_value"] == 0 and w["candidate_value"] == 1 for w in worst)
         assert run_gate(con, base, better, spec).exit_code == 0
-        assert run_gate(con, base, base, spec).exit_code == 0
+        same = run_gate(con, base, base, spec)
+        assert same.exit_code == 0 and same.rules[0].worst == []
 
 
 def test_a_bias_category_of_one_probe_is_not_judged(tmp_path):
