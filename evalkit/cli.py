@@ -270,6 +270,7 @@ def _cmd_runs(args: argparse.Namespace) -> None:
 def _cmd_compare(args: argparse.Namespace) -> None:
     from evalkit.compare import compare_runs, interval_label
     from evalkit.gate import GateSpec, load_spec, too_small_to_detect
+    from evalkit.metrics import DEGENERATION_FLAGS
     from evalkit.store import open_store
 
     spec = load_spec(args.spec) if args.spec else GateSpec([], 0.05, 1000, 0)
@@ -305,6 +306,9 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         for m in metrics:
             ci = f"[{m.low:.4g}, {m.high:.4g}]"
             note = "significant" if m.significant else ""
+            if m.metric in DEGENERATION_FLAGS:  # flagged responses, counted
+                counts = f"{round(m.baseline * m.n)} -> {round(m.candidate * m.n)} of {m.n}"
+                note = f"{counts}, {note}" if note else counts
             print(
                 f"{m.task:<24} {m.metric:<16} {m.baseline:>10.4g} {m.candidate:>10.4g} "
                 f"{m.difference:>+10.4g} {ci:>22} {m.p_value:>7.3g} {m.min_detectable:>10.3g}  "

@@ -119,6 +119,9 @@ def is_repetitive(text: str) -> bool:
     return len(words) >= 5 and distinct_n(text, 2) < 0.5
 
 
+DEGENERATION_FLAGS = ("empty", "repetitive", "cut")  # counted per run, not only averaged
+
+
 def degeneration(text: str, finish_reason: str) -> dict[str, float]:
     """Per-response flags: empty, repetitive, cut at the token limit; and distinct-2."""
     return {
@@ -226,7 +229,7 @@ def generation_metrics(names: Sequence[str], widths: dict[str, int]) -> list[Run
             out.append(mean_metric("exact_match", higher_is_better=True, binary=True))
         elif name == "length":
             out.append(RunMetric("length", ("length",), _mean, None, "permutation", "length"))
-    for flag in ("empty", "repetitive", "cut"):
+    for flag in DEGENERATION_FLAGS:
         out.append(mean_metric(flag, higher_is_better=False, binary=True))
     out.append(mean_metric("distinct_2", higher_is_better=True))
     return out

@@ -19,6 +19,7 @@ import numpy as np
 from evalkit import __version__
 from evalkit.errors import EvalkitError
 from evalkit.metrics import (
+    DEGENERATION_FLAGS,
     GENERATION_METRICS,
     REFERENCE_METRICS,
     RunMetric,
@@ -296,6 +297,7 @@ def _summary(task: TaskSpec, results: list[ExampleResult]) -> dict:
             out["by_category"] = bias_summary(results, primary)
     if task.type == "generation":
         out["signatures"] = {m: signature(m) for m in REFERENCE_METRICS if f"{m}.0" in columns}
+        out["flagged"] = {f: int(sum(r.scores[f] for r in results)) for f in DEGENERATION_FLAGS}
     return out
 
 

@@ -121,17 +121,21 @@ def runs(workspace, suite, micro_model, damaged_model):
     return workspace
 
 
-def _report(out):
-    def refuse(constant):
-        raise ValueError(f"not strict JSON: {constant}")
+def _not_strict_json(constant: str):
+    raise AssertionError(f"{constant} is not JSON")
 
-    return json.loads((out / "report.json").read_text(), parse_constant=refuse)
+
+def _report(out):
+    return json.loads((out / "report.json").read_text(), parse_constant=_not_strict_json)
 
 
 def test_same_model_twice_passes_and_regenerates_nothing(runs, suite, tmp_path):
     with open_store(runs / "evalkit.duckdb") as con:
         again = get_run(con, "base-again")
     assert again["summary"]["cached_generations"] == 40
+    generation = again["summary"]["generation:conv"]
+    assert set(generation["flagged"]) == {"empty", "repetitive", "cut"}
+    assert generation["flagged"]["cut"] == round(generation["cut"] * generation["examples"])
     assert again["status"] == "complete" and again["suite_hash"]
     out = tmp_path / "report"
     assert _cli(runs, "gate", "--baseline", "base", "--candidate", "base-again",
@@ -175,10 +179,6 @@ def test_a_damaged_candidate_fails_the_gate(runs, suite, tmp_path):
     assert by_metric["bleu"].startswith("nrefs:1|") and "version:" in by_metric["chrf"]
 
 
-def _not_strict_json(constant: str):
-    raise AssertionError(f"{constant} is not JSON")
-
-
 def test_compare_prints_intervals_and_breakdown(runs, capsys):
     capsys.readouterr()
     assert _cli(runs, "compare", "base", "bad", "--by", "topic", "--json") == 0
@@ -189,7 +189,11 @@ def test_compare_prints_intervals_and_breakdown(runs, capsys):
     assert _cli(runs, "compare", "base", "bad", "--by", "topci") == 2
     assert "metadata field 'topci'" in capsys.readouterr().err
     assert _cli(runs, "compare", "base", "bad") == 0
-    assert "significant" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "significant" in out
+    cut = next(m for m in data["metrics"] if m["metric"] == "cut")
+    counts = f"{round(cut['baseline'] * cut['n'])} -> {round(cut['candidate'] * cut['n'])} of "
+    assert counts + str(cut["n"]) in out
 
 
 def test_compare_warns_where_a_rule_is_below_what_the_sample_detects(runs, tmp_path, capsys):
