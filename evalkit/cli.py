@@ -267,6 +267,31 @@ def _cmd_runs(args: argparse.Namespace) -> None:
         )
 
 
+def _segments(path: str) -> list[str]:
+    """The lines of a text file (a last newline ends the last line, it adds none)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EvalkitError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise EvalkitError(f"{path} is not UTF-8 text", hint="save it as UTF-8") from None
+    return text.removesuffix("\n").split("\n")
+
+
+def _cmd_score(args: argparse.Namespace) -> None:
+    from evalkit.metrics import corpus_score, signature
+
+    hypotheses, references = _segments(args.input), _segments(args.reference)
+    if len(hypotheses) != len(references):
+        raise EvalkitError(
+            f"{args.input} has {len(hypotheses)} lines but {args.reference} has {len(references)}",
+            hint="give one reference line per hypothesis line, in the same order",
+        )
+    for name in args.metrics:
+        score = corpus_score(name, hypotheses, references)
+        print(json.dumps({"metric": name, "score": round(score, 6), "signature": signature(name)}))
+
+
 def _cmd_compare(args: argparse.Namespace) -> None:
     from evalkit.compare import compare_runs, interval_label
     from evalkit.gate import GateSpec, load_spec, too_small_to_detect
@@ -492,6 +517,20 @@ def _add_eval_parsers(commands) -> None:
     ev.add_argument("--batch-size", type=_positive, default=16)
     ev.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     ev.set_defaults(func=_cmd_eval)
+    from evalkit.metrics import REFERENCE_METRICS
+
+    score = commands.add_parser(
+        "score",
+        help="BLEU, chrF and TER of a hypothesis file against a reference file",
+        description="sacrebleu's corpus scores of two files, a segment a line, with their "
+        "signatures: the numbers evaluation runs store, for outputs made elsewhere.",
+    )
+    score.add_argument("reference", help="reference file, one segment a line")
+    score.add_argument("-i", "--input", required=True, help="hypothesis file, the same lines")
+    score.add_argument(
+        "-m", "--metrics", nargs="+", choices=REFERENCE_METRICS, default=list(REFERENCE_METRICS)
+    )
+    score.set_defaults(func=_cmd_score)
     runs = commands.add_parser("runs", help="list evaluation runs, or show one")
     runs.add_argument("run", nargs="?", help="a run id (or unique prefix, or name) to show")
     runs.set_defaults(func=_cmd_runs)

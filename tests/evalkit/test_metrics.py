@@ -136,3 +136,18 @@ def test_degeneration_flags():
 def test_exact_match_ignores_case_and_spacing():
     assert exact_match(" Hello  World ", "hello world") == 1.0
     assert exact_match("hello", "hello world") == 0.0
+
+
+def test_the_score_command_prints_what_sacrebleu_prints(tmp_path, capsys):
+    import json
+
+    from evalkit.cli import main
+
+    expected = {m: _sacrebleu_cli(tmp_path, m) for m in REFERENCE_METRICS}
+    assert main(["score", str(tmp_path / "refs.txt"), "-i", str(tmp_path / "hyps.txt")]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {p["metric"]: p["score"] for p in printed} == pytest.approx(expected, abs=1e-6)
+    assert all(p["signature"].startswith("nrefs:1|") for p in printed)
+    (tmp_path / "short.txt").write_text("one line\n")
+    assert main(["score", str(tmp_path / "refs.txt"), "-i", str(tmp_path / "short.txt")]) == 2
+    assert "short.txt has 1 lines but" in capsys.readouterr().err
