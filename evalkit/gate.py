@@ -409,8 +409,8 @@ def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> lis
     lineage = comparison.candidate.get("lineage") or {}
     train = Path(lineage.get("dataset", "")) / "train.jsonl" if lineage.get("dataset") else None
     if not train or not train.is_file():
-        return [_unknown("the candidate names no training dataset (not trained by evalkit, or "
-                         "its dataset directory is gone)")]  # fmt: skip
+        gone = "the candidate names no training dataset (not trained by evalkit, or it was removed)"
+        return [_unknown(gone)]
     try:
         manifest = json.loads((train.parent / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -419,8 +419,7 @@ def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> lis
     if manifest.get("files", {}).get("train.jsonl") != sha256_file(train) or (
         recorded and manifest.get("dataset_hash") != recorded
     ):
-        return [_unknown(f"{train} is not the training data the candidate's run recorded "
-                         "(changed since, or its manifest is)")]  # fmt: skip
+        return [_unknown(f"{train} is not the data the candidate's run recorded (changed since)")]
     train_texts = []
     with open(train, encoding="utf-8") as f:
         for line in f:

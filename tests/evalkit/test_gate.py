@@ -434,7 +434,7 @@ def test_lineage_and_contamination_of_a_trained_candidate(
     finally:
         train_file.write_bytes(original)
     (row,) = _report(tmp_path / "edited")["contamination"]
-    assert row["status"] == "unknown" and "is not the training data" in row["note"]
+    assert row["status"] == "unknown" and "is not the data the candidate" in row["note"]
 
 
 def _baseline_contamination(workspace, tmp_path):
