@@ -279,14 +279,10 @@ def _segments(path: str) -> list[str]:
 
 
 def _cmd_score(args: argparse.Namespace) -> None:
-    from evalkit.metrics import corpus_score, signature
+    from evalkit.metrics import check_pairs, corpus_score, signature
 
     hypotheses, references = _segments(args.input), _segments(args.reference)
-    if len(hypotheses) != len(references):
-        raise EvalkitError(
-            f"{args.input} has {len(hypotheses)} lines but {args.reference} has {len(references)}",
-            hint="give one reference line per hypothesis line, in the same order",
-        )
+    check_pairs(hypotheses, references, f"{args.input} against {args.reference}")
     for name in args.metrics:
         score = corpus_score(name, hypotheses, references)
         print(json.dumps({"metric": name, "score": round(score, 6), "signature": signature(name)}))
@@ -504,6 +500,8 @@ def _add_prepare_parser(commands) -> None:
 
 
 def _add_eval_parsers(commands) -> None:
+    from evalkit.metrics import REFERENCE_METRICS
+
     ev = commands.add_parser(
         "eval",
         help="evaluate a model on a suite into a run in the store",
@@ -517,8 +515,6 @@ def _add_eval_parsers(commands) -> None:
     ev.add_argument("--batch-size", type=_positive, default=16)
     ev.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     ev.set_defaults(func=_cmd_eval)
-    from evalkit.metrics import REFERENCE_METRICS
-
     score = commands.add_parser(
         "score",
         help="BLEU, chrF and TER of a hypothesis file against a reference file",

@@ -150,4 +150,5 @@ def test_the_score_command_prints_what_sacrebleu_prints(tmp_path, capsys):
     assert all(p["signature"].startswith("nrefs:1|") for p in printed)
     (tmp_path / "short.txt").write_text("one line\n")
     assert main(["score", str(tmp_path / "refs.txt"), "-i", str(tmp_path / "short.txt")]) == 2
-    assert "short.txt has 1 lines but" in capsys.readouterr().err
+    assert "short.txt against" in (err := capsys.readouterr().err)
+    assert "1 hypotheses but 30 references" in err
