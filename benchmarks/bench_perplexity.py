@@ -15,8 +15,8 @@ datasets cache of the JSONL, which the CLI runs then reuse). The in-process rati
 again in ``--pairs`` back-to-back pairs (evalkit and lm-eval at its best batch size, the order
 alternating), and their median ratio reported with the range: a VM's speed drifts by 5-10% over
 the minutes between the fastest runs of each, not within a pair. The pairs are run again with
-lm-eval at its default batch size (1), as a user who sets none runs it. ``--threads N`` pins both to N
-torch threads, in and out of process.
+lm-eval at its default batch size (1), as a user who sets none runs it. ``--threads N`` pins
+both to N torch threads, in and out of process.
 
     .venv/bin/pip install -e ".[dev]"
     .venv/bin/python benchmarks/bench_perplexity.py [--workspace DIR] [--size micro] [--threads 1]
