@@ -107,9 +107,10 @@ def paired_ratios(ours, theirs, pairs: int) -> list[float]:
     """lm-eval's seconds over evalkit's in back-to-back pairs, the order alternating."""
     ratios = []
     for i in range(pairs):
-        first, second = (ours, theirs) if i % 2 == 0 else (theirs, ours)
-        a, b = first(), second()
-        ours_s, theirs_s = (a, b) if i % 2 == 0 else (b, a)
+        if i % 2 == 0:
+            ours_s, theirs_s = ours(), theirs()
+        else:
+            theirs_s, ours_s = theirs(), ours()
         ratios.append(theirs_s / ours_s)
     return ratios
 
@@ -183,7 +184,7 @@ def main() -> None:
                 args.pairs,
             )
             for bs in dict.fromkeys([best, LM_EVAL_DEFAULT_BATCH_SIZE])
-            if bs in theirs
+            if bs in theirs and args.pairs > 0
         }
 
         evalkit_cli = [sys.executable, "-m", "evalkit.perplexity", str(model_dir), str(data)]
