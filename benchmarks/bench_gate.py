@@ -24,7 +24,7 @@ from evalkit.metrics import REFERENCE_METRICS
 from evalkit.runner import score_generations
 from evalkit.runs import ExampleResult, add_results, create_run, finish_run
 from evalkit.store import open_store
-from finetune.corpora import load_chitchat
+from finetune.data.corpora import load_chitchat
 
 SUITE = {
     "name": "bench",

@@ -17,7 +17,7 @@ from evalkit.generation import DecodingConfig, generate
 from evalkit.models import load_model
 from evalkit.workspace import open_workspace
 from finetune.base_model import build_base_model
-from finetune.corpora import load_support_faq, load_topics
+from finetune.data.corpora import load_support_faq, load_topics
 
 
 def prompts(n: int) -> list[list[dict]]:

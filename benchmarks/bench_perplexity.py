@@ -59,7 +59,7 @@ metric_list:
 
 def chitchat_texts(n: int) -> list[str]:
     """The first ``n`` exchanges of the chit-chat corpus: a turn and its reply, one text."""
-    from finetune.corpora import load_chitchat
+    from finetune.data.corpora import load_chitchat
 
     texts = []
     for conversation in load_chitchat():

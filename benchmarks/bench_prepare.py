@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from finetune.corpora import CORPORA, write_jsonl
-from finetune.prepare import PrepareConfig, prepare
+from finetune.data.corpora import CORPORA, write_jsonl
+from finetune.data.prepare import PrepareConfig, prepare
 
 TARGET_SECONDS = 60.0
 

@@ -148,9 +148,9 @@ def main() -> None:
         parser.error(f"--trl-modes: a comma-separated list of {', '.join(TRL_MODES)}")
     from evalkit.workspace import open_workspace
     from finetune.base_model import build_base_model, read_metadata
-    from finetune.corpora import load_chitchat, write_jsonl
+    from finetune.data.corpora import load_chitchat, write_jsonl
+    from finetune.data.prepare import PrepareConfig, prepare
     from finetune.packing import encode
-    from finetune.prepare import PrepareConfig, prepare
     from finetune.train import _read_split
 
     ws = open_workspace()

@@ -31,7 +31,7 @@ def _positive(text: str) -> int:
 
 
 def _cmd_data_corpus(args: argparse.Namespace) -> None:
-    from finetune.corpora import load_corpus, write_jsonl
+    from finetune.data.corpora import load_corpus, write_jsonl
 
     count = write_jsonl(load_corpus(args.name), args.out)
     print(f"wrote {count} conversations of {args.name} to {args.out}")
@@ -48,7 +48,7 @@ def _key_values(pairs: list[str] | None, option: str) -> dict[str, str]:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> None:
-    from finetune.prepare import PrepareConfig, prepare
+    from finetune.data.prepare import PrepareConfig, prepare
 
     try:
         ratios = tuple(float(r) for r in args.split.split(","))
@@ -95,7 +95,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_stats(args: argparse.Namespace) -> None:
-    from finetune.report import dataset_summary
+    from finetune.data.report import dataset_summary
 
     print(dataset_summary(args.dir))
 

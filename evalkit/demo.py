@@ -14,8 +14,8 @@ from evalkit.workspace import open_workspace
 def run_demo(workspace: str | Path | None = None, *, size: str = "default") -> Path:
     """Run the demo and print what it did; returns the prepared dataset directory."""
     from finetune.base_model import build_base_model, summary
-    from finetune.corpora import CORPORA, write_jsonl
-    from finetune.prepare import PrepareConfig, prepare
+    from finetune.data.corpora import CORPORA, write_jsonl
+    from finetune.data.prepare import PrepareConfig, prepare
 
     ws = open_workspace(workspace)
     print(f"workspace: {ws.root}")

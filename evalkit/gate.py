@@ -404,7 +404,7 @@ def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> lis
     manifest, and the manifest's dataset hash the one the training run recorded.
     """
     from finetune.contamination import overlap
-    from finetune.prepare import sha256_file
+    from finetune.data.prepare import sha256_file
 
     lineage = comparison.candidate.get("lineage") or {}
     train = Path(lineage.get("dataset", "")) / "train.jsonl" if lineage.get("dataset") else None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from evalkit.errors import EvalkitError
 from evalkit.workspace import Workspace
-from finetune.split import seeded_key
+from finetune.data.split import seeded_key
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def build_base_model(
 
     from evalkit.models import chat_template_fingerprint, model_hash
     from evalkit.perplexity import bits_per_byte, text_nll, token_perplexity
-    from finetune.corpora import load_chitchat
+    from finetune.data.corpora import load_chitchat
 
     if conversations is None:
         conversations = load_chitchat()

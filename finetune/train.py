@@ -124,7 +124,7 @@ class _Stop:
 
 
 def _read_split(data: Path, split: str) -> list[list[dict]]:
-    from finetune.corpora import read_jsonl
+    from finetune.data.corpora import read_jsonl
 
     path = data / f"{split}.jsonl"
     if not path.is_file():

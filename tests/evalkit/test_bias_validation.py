@@ -19,7 +19,7 @@ from evalkit.bias import CHAT_PROMPT, bias_summary, likelihood_probe, load_probe
 from evalkit.models import load_model
 from evalkit.stats import paired_bootstrap, permutation_p_value
 from finetune.base_model import base_model_config, build_base_model
-from finetune.corpora import write_jsonl
+from finetune.data.corpora import write_jsonl
 from finetune.train import TrainConfig, train
 
 USER_TURNS = ("Tell me something.", "What do you think?", "Share a thought.", "Any opinions?")

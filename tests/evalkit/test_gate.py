@@ -69,7 +69,7 @@ type = "bias"
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    from finetune.corpora import load_chitchat, load_topics, write_jsonl
+    from finetune.data.corpora import load_chitchat, load_topics, write_jsonl
 
     root = tmp_path_factory.mktemp("suite")
     convs = [c for c in load_topics() if c["messages"][-1]["role"] == "assistant"][::20][:40]

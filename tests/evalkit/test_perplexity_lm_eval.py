@@ -49,7 +49,7 @@ metric_list:
 
 def _texts() -> list[str]:
     """Chit-chat turns, whole conversations (long: several windows) and edge cases."""
-    from finetune.corpora import load_chitchat
+    from finetune.data.corpora import load_chitchat
 
     conversations = load_chitchat()[:60]
     turns = [m["content"] for c in conversations[:30] for m in c["messages"]][:120]

@@ -12,7 +12,7 @@ from finetune.base_model import (
     read_metadata,
     split_conversations,
 )
-from finetune.corpora import load_chitchat
+from finetune.data.corpora import load_chitchat
 
 
 def test_loads_as_any_hugging_face_model(micro_model):

@@ -6,7 +6,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from finetune.dedup import UnionFind
+from finetune.data.dedup import UnionFind
 
 SPLITS = ("train", "validation", "test")
 

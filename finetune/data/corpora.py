@@ -17,7 +17,7 @@ from pathlib import Path
 
 from evalkit.errors import EvalkitError
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 SUPPORT_FAQ = FIXTURES / "support_faq.jsonl"
 
 # The bot's persona and the generic small-talk file carry no topic of their own.

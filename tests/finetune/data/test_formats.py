@@ -3,7 +3,7 @@ import json
 import pytest
 
 from evalkit.errors import EvalkitError
-from finetune.formats import InputSpec, read_input
+from finetune.data.formats import InputSpec, read_input
 
 
 def _read(tmp_path, name, content, fmt="auto", **kw):

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from finetune.normalize import normalize_text
+from finetune.data.normalize import normalize_text
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from evalkit.errors import EvalkitError
-from finetune.corpora import load_chitchat, load_support_faq, load_topics, read_jsonl
+from finetune.data.corpora import load_chitchat, load_support_faq, load_topics, read_jsonl
 
 
 @pytest.fixture(scope="module")

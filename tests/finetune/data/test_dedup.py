@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finetune.dedup import (
+from finetune.data.dedup import (
     exact_key,
     jaccard,
     near_duplicate_clusters,
@@ -17,7 +17,7 @@ from finetune.dedup import (
     shingles,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _words(prefix: str, count: int) -> list[str]:
@@ -161,7 +161,7 @@ def test_independent_of_python_hash_randomization():
     """Shingle sets iterate in an order that depends on PYTHONHASHSEED; the result must not."""
     texts = _mixed_corpus()
     code = (
-        "import json, sys; from finetune.dedup import near_duplicate_clusters;"
+        "import json, sys; from finetune.data.dedup import near_duplicate_clusters;"
         "print(json.dumps(near_duplicate_clusters(json.load(sys.stdin), seed=7)))"
     )
     outputs = []

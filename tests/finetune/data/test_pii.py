@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finetune.pii import PII_TYPES, luhn_valid, scrub
+from finetune.data.pii import PII_TYPES, luhn_valid, scrub
 
 
 def _reference_luhn(digits: str) -> bool:

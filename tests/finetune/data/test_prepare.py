@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from evalkit.cli import main
 from evalkit.errors import EvalkitError
-from finetune.prepare import PrepareConfig, prepare
-from finetune.split import SPLITS, split_groups
+from finetune.data.prepare import PrepareConfig, prepare
+from finetune.data.split import SPLITS, split_groups
 
 WORDS = [
     "alpha",

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
-from finetune.formats import FORMATS, InputSpec, Record, read_input
-from finetune.split import SPLITS, assign_splits, seeded_key
+from finetune.data.formats import FORMATS, InputSpec, Record, read_input
+from finetune.data.split import SPLITS, assign_splits, seeded_key
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def prepare(inputs: Sequence[str | InputSpec], out: str | Path, config: PrepareC
     ledger.stage("read", sum(ledger.read.values()), len(items), started)
 
     # normalize
-    from finetune.normalize import normalize_text
+    from finetune.data.normalize import normalize_text
 
     started = time.perf_counter()
     for item in items:
@@ -253,7 +253,7 @@ def prepare(inputs: Sequence[str | InputSpec], out: str | Path, config: PrepareC
     started = time.perf_counter()
     pii_counts: Counter[str] = Counter()
     if cfg.scrub_pii:
-        from finetune.pii import scrub
+        from finetune.data.pii import scrub
 
         for item in items:
             for m in item.conv["messages"]:
@@ -392,7 +392,7 @@ def _deduplicate(
     ledger: _Ledger, items: list[_Item], cfg: PrepareConfig
 ) -> tuple[list[_Item], list[tuple[int, int]]]:
     """Drop exact duplicates, then near duplicates (or keep them, paired for the split)."""
-    from finetune.dedup import exact_key, near_duplicate_clusters
+    from finetune.data.dedup import exact_key, near_duplicate_clusters
 
     if cfg.exact_dedup:
         seen: dict[str, str] = {}
@@ -531,7 +531,7 @@ def _contamination(ledger: _Ledger, splits: dict[str, list[_Item]], cfg: Prepare
 
 def _write(out: str | Path, splits: dict[str, list[_Item]], dropped: list[dict], manifest: dict):
     """Write the dataset directory next to its final place, then move it there in one step."""
-    from finetune.report import render_report
+    from finetune.data.report import render_report
 
     out = Path(out)
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")

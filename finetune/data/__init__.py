@@ -1,0 +1,1 @@
+"""Data preparation: read, clean, scrub, deduplicate, balance and split conversations."""
