@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit.ranking import bradley_terry
-from evalkit.rating import (
+from evalkit.rating.queue import (
     Item,
     QueueConfig,
     add_annotator,
@@ -42,7 +41,8 @@ from evalkit.rating import (
     submit,
     submit_and_claim,
 )
-from evalkit.rubric import Rating, load_rubric
+from evalkit.rating.rubric import Rating, load_rubric
+from evalkit.stats.ranking import bradley_terry
 from evalkit.store import connect, insert_columns
 
 QUEUE_TARGET_MS = 20.0
@@ -115,7 +115,7 @@ def bench_queue(threads: int, per_thread: int, think_ms: float, seed: int, fused
 
 FIRST_CLAIM = """
 import sys, time
-from evalkit.rating import QueueConfig, claim_next
+from evalkit.rating.queue import QueueConfig, claim_next
 from evalkit.store import connect
 con = connect(sys.argv[1])
 started = time.perf_counter()

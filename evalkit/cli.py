@@ -567,7 +567,7 @@ def _add_eval_parsers(commands) -> None:
 
 
 def _rate_selection(args: argparse.Namespace):
-    from evalkit.rating_sources import Selection
+    from evalkit.rating.sources import Selection
 
     return Selection(
         kind=getattr(args, "kind", "single"),
@@ -582,8 +582,8 @@ def _rate_selection(args: argparse.Namespace):
 def _cmd_rate_enqueue(args: argparse.Namespace) -> None:
     from datetime import date
 
-    from evalkit.rating import add_items
-    from evalkit.rating_sources import items_from_comparison, items_from_events, items_from_run
+    from evalkit.rating.queue import add_items
+    from evalkit.rating.sources import items_from_comparison, items_from_events, items_from_run
     from evalkit.store import open_store
     from evalkit.workspace import open_workspace
 
@@ -609,7 +609,7 @@ def _cmd_rate_enqueue(args: argparse.Namespace) -> None:
 
 
 def _cmd_rate_annotator(args: argparse.Namespace) -> None:
-    from evalkit.rating import add_annotator
+    from evalkit.rating.queue import add_annotator
     from evalkit.store import open_store
 
     with open_store(_store(args)) as con:
@@ -618,7 +618,7 @@ def _cmd_rate_annotator(args: argparse.Namespace) -> None:
 
 
 def _rate_rating(text: str, option: str):
-    from evalkit.rubric import Rating
+    from evalkit.rating.rubric import Rating
 
     try:
         data = json.loads(text)
@@ -632,8 +632,8 @@ def _rate_rating(text: str, option: str):
 
 
 def _cmd_rate_gold(args: argparse.Namespace) -> None:
-    from evalkit.rating import set_gold
-    from evalkit.rubric import load_rubric
+    from evalkit.rating.queue import set_gold
+    from evalkit.rating.rubric import load_rubric
     from evalkit.store import open_store
 
     with open_store(_store(args)) as con:
@@ -644,7 +644,7 @@ def _cmd_rate_gold(args: argparse.Namespace) -> None:
 
 
 def _cmd_rate_status(args: argparse.Namespace) -> None:
-    from evalkit.rating_report import format_status
+    from evalkit.rating.report import format_status
     from evalkit.store import open_store
 
     with open_store(_store(args)) as con:
@@ -654,7 +654,7 @@ def _cmd_rate_status(args: argparse.Namespace) -> None:
 def _cmd_rate_claim(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from evalkit.rating import QueueConfig, claim_next
+    from evalkit.rating.queue import QueueConfig, claim_next
     from evalkit.store import open_store
 
     config = QueueConfig(lease_ttl_s=args.lease_ttl, gold_every=args.gold_every, seed=args.seed)
@@ -664,8 +664,8 @@ def _cmd_rate_claim(args: argparse.Namespace) -> None:
 
 
 def _cmd_rate_submit(args: argparse.Namespace) -> None:
-    from evalkit.rating import submit
-    from evalkit.rubric import load_rubric
+    from evalkit.rating.queue import submit
+    from evalkit.rating.rubric import load_rubric
     from evalkit.store import open_store
 
     rating = _rate_rating(args.rating, "--rating")
@@ -682,8 +682,8 @@ def _cmd_rate_submit(args: argparse.Namespace) -> None:
 
 
 def _cmd_rate_agreement(args: argparse.Namespace) -> None:
-    from evalkit.rating_report import agreement_report
-    from evalkit.rubric import load_rubric
+    from evalkit.rating.report import agreement_report
+    from evalkit.rating.rubric import load_rubric
     from evalkit.store import open_store
 
     with open_store(_store(args)) as con:
@@ -697,7 +697,7 @@ def _cmd_rate_agreement(args: argparse.Namespace) -> None:
 
 
 def _cmd_rate_ranking(args: argparse.Namespace) -> None:
-    from evalkit.rating_report import format_ranking, ranking_report
+    from evalkit.rating.report import format_ranking, ranking_report
     from evalkit.store import open_store
 
     with open_store(_store(args)) as con:
@@ -712,7 +712,7 @@ def _cmd_rate_ranking(args: argparse.Namespace) -> None:
 
 
 def _cmd_rate_export(args: argparse.Namespace) -> None:
-    from evalkit.exports import export
+    from evalkit.rating.export import export
     from evalkit.store import open_store
 
     with open_store(_store(args)) as con:

@@ -21,7 +21,7 @@ from evalkit.errors import EvalkitError
 from evalkit.metrics import RunMetric
 from evalkit.runner import metrics_of
 from evalkit.runs import complete_run
-from evalkit.stats import (
+from evalkit.stats.significance import (
     bootstrap_sums,
     mcnemar_p_value,
     percentile_interval,

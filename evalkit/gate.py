@@ -54,7 +54,7 @@ from evalkit.compare import (
     signatures,
 )
 from evalkit.errors import EvalkitError
-from evalkit.stats import paired_bootstrap
+from evalkit.stats.significance import paired_bootstrap
 from evalkit.suite import read_toml
 
 DIRECTIONS = {

@@ -137,10 +137,11 @@ class RunMetric:
     """A run-level metric made of per-example score columns.
 
     ``aggregate`` maps rows of column sums (the last column is the number of examples, as
-    :func:`evalkit.stats.bootstrap_sums` returns them) to the metric, so the same function gives
-    the observed value and every bootstrap resample. ``test`` names the paired test: a sign-flip
-    ``permutation`` test on the per-example differences of ``test_column``, ``mcnemar`` for
-    pass/fail columns, or ``bootstrap`` (sacrebleu's paired bootstrap p-value) for corpus scores.
+    :func:`evalkit.stats.significance.bootstrap_sums` returns them) to the metric, so the
+    same function gives the observed value and every bootstrap resample. ``test`` names the
+    paired test: a sign-flip ``permutation`` test on the per-example differences of
+    ``test_column``, ``mcnemar`` for pass/fail columns, or ``bootstrap`` (sacrebleu's paired
+    bootstrap p-value) for corpus scores.
     """
 
     name: str

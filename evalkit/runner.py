@@ -378,8 +378,8 @@ def queue_rating_samples(store: Path, run_id: str, suite: Suite) -> int:
     Each ``rating_sample`` task draws from the responses of the generation tasks on its dataset;
     the items' batch is the run id. Returns how many items were new.
     """
-    from evalkit.rating import add_items
-    from evalkit.rating_sources import Selection, items_from_run
+    from evalkit.rating.queue import add_items
+    from evalkit.rating.sources import Selection, items_from_run
 
     added = 0
     for task in suite.tasks:

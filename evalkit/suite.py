@@ -245,7 +245,7 @@ def _check_rating_sample(path: Path, task: TaskSpec, tasks: list[TaskSpec]) -> N
             f"suite {path}: task {task.name} has unknown key(s) {', '.join(unknown)}",
             hint=f"a rating sample takes {', '.join(RATING_SAMPLE_KEYS)}",
         )
-    from evalkit.rating_sources import Selection
+    from evalkit.rating.sources import Selection
 
     try:
         Selection(**task.params)

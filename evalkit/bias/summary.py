@@ -9,7 +9,7 @@ import numpy as np
 
 from evalkit.errors import EvalkitError
 from evalkit.runs import ExampleResult
-from evalkit.stats import bootstrap_ci
+from evalkit.stats.significance import bootstrap_ci
 
 
 def bias_summary(

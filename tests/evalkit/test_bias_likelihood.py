@@ -17,7 +17,7 @@ from evalkit.errors import EvalkitError
 from evalkit.models import load_model
 from evalkit.perplexity import text_nll
 from evalkit.runs import ExampleResult
-from evalkit.stats import bootstrap_ci
+from evalkit.stats.significance import bootstrap_ci
 
 SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "bias_probes" / "samples"
 

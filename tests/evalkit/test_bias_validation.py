@@ -17,7 +17,7 @@ import pytest
 
 from evalkit.bias import CHAT_PROMPT, bias_summary, likelihood_probe, load_probes
 from evalkit.models import load_model
-from evalkit.stats import paired_bootstrap, permutation_p_value
+from evalkit.stats.significance import paired_bootstrap, permutation_p_value
 from finetune.base_model import base_model_config, build_base_model
 from finetune.data.corpora import write_jsonl
 from finetune.train import TrainConfig, train

@@ -19,7 +19,7 @@ from evalkit.metrics import (
     sentence_stats,
     stats_columns,
 )
-from evalkit.stats import bootstrap_sums
+from evalkit.stats.significance import bootstrap_sums
 
 REFS = [
     "The package manager installs software from the archive.",

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from evalkit.cli import main
-from evalkit.rating_report import load_ratings, queue_status
+from evalkit.rating.report import load_ratings, queue_status
 from evalkit.runs import ExampleResult, add_results, create_run, finish_run
 from evalkit.store import open_store
 from evalkit.workspace import open_workspace

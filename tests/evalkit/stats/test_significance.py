@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from evalkit.stats import (
+from evalkit.stats.significance import (
     bootstrap_ci,
     bootstrap_sums,
     mcnemar_p_value,
@@ -28,7 +28,7 @@ def test_resample_counts_are_the_draws_of_default_rng():
 def test_chunking_does_not_change_the_resamples(monkeypatch):
     values = np.random.default_rng(0).normal(size=(50, 2))
     whole = bootstrap_sums(values, n_resamples=40, seed=1)
-    monkeypatch.setattr("evalkit.stats.CHUNK", 120)  # two resamples per chunk
+    monkeypatch.setattr("evalkit.stats.significance.CHUNK", 120)  # two resamples per chunk
     assert np.allclose(bootstrap_sums(values, n_resamples=40, seed=1), whole)
 
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.rating import (
+from evalkit.rating.queue import (
     Item,
     QueueConfig,
     add_annotator,
@@ -16,8 +16,8 @@ from evalkit.rating import (
     submit,
     submit_and_claim,
 )
-from evalkit.rating_report import annotator_report, gold_correct, load_ratings, queue_status
-from evalkit.rubric import Rating, load_rubric
+from evalkit.rating.report import annotator_report, gold_correct, load_ratings, queue_status
+from evalkit.rating.rubric import Rating, load_rubric
 from evalkit.store import connect
 
 SCORES = {"helpfulness": 4, "correctness": 5, "harmlessness": 5}
@@ -114,8 +114,8 @@ def test_a_late_rating_is_counted_when_nobody_took_the_item(con):
 
 OTHER_PROCESS = """
 import sys
-from evalkit.rating import Item, QueueConfig, add_annotator, add_items, claim_next, submit
-from evalkit.rubric import Rating
+from evalkit.rating.queue import Item, QueueConfig, add_annotator, add_items, claim_next, submit
+from evalkit.rating.rubric import Rating
 from evalkit.store import connect
 con = connect(sys.argv[1])
 add_annotator(con, "eve")

@@ -1,7 +1,8 @@
 """Where rating items come from: an evaluation run, a comparison of two runs, production events.
 
-Each function returns :class:`~evalkit.rating.Item` objects; :func:`evalkit.rating.add_items`
-queues them. Sampling is seeded, so the same call picks the same items.
+Each function returns :class:`~evalkit.rating.queue.Item` objects;
+:func:`evalkit.rating.queue.add_items` queues them. Sampling is seeded, so the same call picks
+the same items.
 
 Production events are read from the monitor's Hive-partitioned Parquet log,
 ``WORKSPACE/events/date=YYYY-MM-DD/*.parquet``. The columns relied on:
@@ -31,7 +32,7 @@ import duckdb
 import numpy as np
 
 from evalkit.errors import EvalkitError
-from evalkit.rating import Item
+from evalkit.rating.queue import Item
 from evalkit.runs import complete_run
 
 EVENT_COLUMNS = ("event_id", "timestamp", "model_version", "prompt", "response", "user_feedback")

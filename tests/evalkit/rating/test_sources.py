@@ -5,8 +5,8 @@ import duckdb
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.rating import add_items
-from evalkit.rating_sources import (
+from evalkit.rating.queue import add_items
+from evalkit.rating.sources import (
     Selection,
     as_messages,
     items_from_comparison,

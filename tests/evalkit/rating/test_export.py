@@ -3,10 +3,10 @@ import json
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.exports import dpo_rows, export, kto_rows, sft_rows
-from evalkit.rating import Item, QueueConfig, add_annotator, add_items, claim_next, submit
-from evalkit.rating_report import load_ratings
-from evalkit.rubric import Rating
+from evalkit.rating.export import dpo_rows, export, kto_rows, sft_rows
+from evalkit.rating.queue import Item, QueueConfig, add_annotator, add_items, claim_next, submit
+from evalkit.rating.report import load_ratings
+from evalkit.rating.rubric import Rating
 from evalkit.store import connect
 
 PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "question"}]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evalkit.stats import (
+from evalkit.stats.significance import (
     bootstrap_ci,
     min_detectable_difference,
     percentile_interval,
@@ -214,7 +214,7 @@ def comparisons_needed(
     n = ((z_{1-alpha/2} + z_{power}) * sd / (p - threshold))^2, where p is the observed win
     rate and sd the standard deviation of the per-judgement outcomes; the observed difference
     is taken as the true one. Equivalently n = have * (MDD / |p - threshold|)^2, MDD being
-    :func:`evalkit.stats.min_detectable_difference` at the current size.
+    :func:`evalkit.stats.significance.min_detectable_difference` at the current size.
     Judgements of one prompt are treated as independent, so with heavy overlap it is a floor.
     """
     outcome = np.asarray(outcome, dtype=float)

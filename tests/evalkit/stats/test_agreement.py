@@ -2,14 +2,14 @@ import krippendorff
 import numpy as np
 import pytest
 
-from evalkit.agreement import (
+from evalkit.stats.agreement import (
     annotator_stats,
     cohen_kappa,
     fleiss_kappa,
     krippendorff_alpha,
     reliability_matrix,
 )
-from evalkit.stats import percentile_interval, resample_counts, wilson_interval
+from evalkit.stats.significance import percentile_interval, resample_counts, wilson_interval
 
 # Krippendorff (2011), "Computing Krippendorff's alpha-reliability", the worked example:
 # 4 coders, 12 units, values 1-5, missing as NaN.

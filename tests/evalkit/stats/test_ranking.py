@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from evalkit.ranking import (
+from evalkit.stats.ranking import (
     bradley_terry,
     comparisons_needed,
     fit_bradley_terry,
     win_matrices,
     win_rate,
 )
-from evalkit.stats import percentile_interval, resample_counts
+from evalkit.stats.significance import percentile_interval, resample_counts
 
 
 def _comparisons(n, models=4, seed=0):

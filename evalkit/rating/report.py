@@ -1,7 +1,7 @@
 """Reports over the ratings in the store: annotators, agreement, rankings and win rates.
 
-Each function reads the ratings once (:func:`evalkit.rating.load_ratings`) and hands arrays to
-the pure statistics in :mod:`evalkit.agreement` and :mod:`evalkit.ranking`.
+Each function reads the ratings once (:func:`evalkit.rating.queue.load_ratings`) and hands arrays to
+the pure statistics in :mod:`evalkit.stats.agreement` and :mod:`evalkit.stats.ranking`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from evalkit.agreement import (
+from evalkit.errors import EvalkitError
+from evalkit.rating.queue import LIVE_LEASES, ensure_schema, utc_now
+from evalkit.rating.rubric import CHOICES, THUMBS, Rubric
+from evalkit.stats.agreement import (
     Agreement,
     AnnotatorStats,
     annotator_stats,
@@ -22,10 +25,14 @@ from evalkit.agreement import (
     krippendorff_alpha,
     reliability_matrix,
 )
-from evalkit.errors import EvalkitError
-from evalkit.ranking import Plan, Ranking, WinRate, bradley_terry, comparisons_needed, win_rate
-from evalkit.rating import LIVE_LEASES, ensure_schema, utc_now
-from evalkit.rubric import CHOICES, THUMBS, Rubric
+from evalkit.stats.ranking import (
+    Plan,
+    Ranking,
+    WinRate,
+    bradley_terry,
+    comparisons_needed,
+    win_rate,
+)
 
 GOLD_LIKERT_TOLERANCE = 1  # a score within one point of the gold score counts as right
 OUTCOME = {"A": 1.0, "B": 0.0, "tie": 0.5, "both_bad": 0.5}  # for the model shown as A
@@ -168,7 +175,7 @@ def _fleiss_counts(data: np.ndarray, n_categories: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class HeadToHead:
     """A candidate against its baseline on the pairs queued from their two runs."""
 
     baseline: str
@@ -184,7 +191,7 @@ def ranking_report(
     power: float = 0.8,
     n_resamples: int = 1000,
     seed: int = 0,
-) -> tuple[Ranking, list[Comparison]]:
+) -> tuple[Ranking, list[HeadToHead]]:
     """Bradley-Terry over every pairwise judgement, and each candidate's win rate over its
     baseline with the judgements still needed to tell it from ``threshold``."""
     pairs = [r for r in load_ratings(con) if r["choice"]]
@@ -213,7 +220,7 @@ def ranking_report(
         ]
         rate = win_rate(outcome, [r["group_id"] for r in rows], n_resamples=n_resamples, seed=seed)
         plan = comparisons_needed(outcome, threshold, power=power)
-        comparisons.append(Comparison(baseline, candidate, rate, plan))
+        comparisons.append(HeadToHead(baseline, candidate, rate, plan))
     return ranking, comparisons
 
 
@@ -247,7 +254,7 @@ def format_status(con: duckdb.DuckDBPyConnection) -> str:
     return "\n".join(lines)
 
 
-def format_ranking(ranking: Ranking, comparisons: list[Comparison]) -> str:
+def format_ranking(ranking: Ranking, comparisons: list[HeadToHead]) -> str:
     lines = [
         f"Bradley-Terry over {ranking.comparisons} judgements on {ranking.prompts} prompts "
         f"(ties half; 95% CI from {ranking.n_resamples} resamples of prompts, seed "

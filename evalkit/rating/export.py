@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 
 from evalkit.errors import EvalkitError
-from evalkit.rating_report import load_ratings
+from evalkit.rating.report import load_ratings
 
 FORMATS = ("sft", "dpo", "kto")
 

@@ -46,7 +46,7 @@ import duckdb
 
 from evalkit import __version__
 from evalkit.errors import EvalkitError
-from evalkit.rubric import Rating, Rubric, check_choice, load_rubric
+from evalkit.rating.rubric import Rating, Rubric, check_choice, load_rubric
 from evalkit.store import insert_columns, transaction
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 Krippendorff's alpha (nominal, ordinal, interval) takes its value from the ``krippendorff``
 package; Cohen's kappa (two raters) and Fleiss' kappa (a fixed number of raters per item) are
 computed here. Each comes with a percentile bootstrap interval that resamples items (all ratings
-of an item together) through :func:`evalkit.stats.resample_counts`: the statistics are functions
-of per-item sums, so every resample is one count-matrix product.
+of an item together) through :func:`evalkit.stats.significance.resample_counts`: the
+statistics are functions of per-item sums, so every resample is one count-matrix product.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import krippendorff
 import numpy as np
 
-from evalkit.stats import percentile_interval, resample_counts, wilson_interval
+from evalkit.stats.significance import percentile_interval, resample_counts, wilson_interval
 
 LEVELS = ("nominal", "ordinal", "interval")
 

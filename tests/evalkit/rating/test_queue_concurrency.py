@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 
 from evalkit.errors import EvalkitError
-from evalkit.rating import (
+from evalkit.rating.queue import (
     Item,
     QueueConfig,
     add_annotator,
@@ -17,7 +17,7 @@ from evalkit.rating import (
     submit_and_claim,
     utc_now,
 )
-from evalkit.rubric import Rating, load_rubric
+from evalkit.rating.rubric import Rating, load_rubric
 from evalkit.store import connect
 
 THREADS = 16

@@ -1,0 +1,1 @@
+"""The rating queue: items, annotators, rubrics, agreement reports and exports for training."""
