@@ -218,8 +218,8 @@ def _store(args: argparse.Namespace) -> Path:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from evalkit.runner import run_suite
-    from evalkit.runs import get_run
+    from evalkit.evaluate import run_suite
+    from evalkit.results import get_run
     from evalkit.store import open_store
 
     store = _store(args)
@@ -250,7 +250,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_runs(args: argparse.Namespace) -> None:
-    from evalkit.runs import get_run, list_runs
+    from evalkit.results import get_run, list_runs
     from evalkit.store import open_store
 
     with open_store(_store(args)) as con:

@@ -18,9 +18,9 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from evalkit.errors import EvalkitError
+from evalkit.evaluate import metrics_of
 from evalkit.metrics import RunMetric
-from evalkit.runner import metrics_of
-from evalkit.runs import complete_run
+from evalkit.results import complete_run
 from evalkit.stats.significance import (
     bootstrap_sums,
     mcnemar_p_value,

@@ -331,7 +331,7 @@ def worst_examples(
     con: duckdb.DuckDBPyConnection, comparison: Comparison, result: RuleResult, sign: int
 ) -> list[dict]:
     """The examples that moved most in the rule's bad direction, with both outputs."""
-    from evalkit.runner import metrics_of
+    from evalkit.evaluate import metrics_of
     from evalkit.suite import task_name
 
     scores_b, scores_c = comparison.scores

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from evalkit.bias.probes import FIXTURES, PromptPair
 from evalkit.errors import EvalkitError
-from evalkit.runs import ExampleResult
+from evalkit.results import ExampleResult
 
 TOXIC_TERMS = FIXTURES / "bias_probes" / "toxic_terms.txt"
 

@@ -35,7 +35,7 @@ import numpy as np
 from evalkit.bias.probes import SentencePair
 from evalkit.errors import EvalkitError
 from evalkit.perplexity import context_length, encode_texts, rolling_windows
-from evalkit.runs import ExampleResult
+from evalkit.results import ExampleResult
 
 # The user turn the sentences answer by default: a neutral request, so what the assistant prefers
 # to say is the model's own association, in the voice a chat fine-tune trains.

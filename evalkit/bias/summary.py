@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from evalkit.errors import EvalkitError
-from evalkit.runs import ExampleResult
+from evalkit.results import ExampleResult
 from evalkit.stats.significance import bootstrap_ci
 
 

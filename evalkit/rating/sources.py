@@ -33,7 +33,7 @@ import numpy as np
 
 from evalkit.errors import EvalkitError
 from evalkit.rating.queue import Item
-from evalkit.runs import complete_run
+from evalkit.results import complete_run
 
 EVENT_COLUMNS = ("event_id", "timestamp", "model_version", "prompt", "response", "user_feedback")
 EVENT_SELECTIONS = ("low_feedback", "drift", "random")

@@ -16,7 +16,7 @@ from evalkit.bias import (
 from evalkit.errors import EvalkitError
 from evalkit.models import load_model
 from evalkit.perplexity import text_nll
-from evalkit.runs import ExampleResult
+from evalkit.results import ExampleResult
 from evalkit.stats.significance import bootstrap_ci
 
 SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "bias_probes" / "samples"
@@ -108,7 +108,7 @@ def test_sum_margin_in_the_assistant_turn(micro):
 
 
 def test_results_go_into_an_evaluation_run(micro, tmp_path):
-    from evalkit.runs import add_results, create_run, finish_run
+    from evalkit.results import add_results, create_run, finish_run
     from evalkit.store import open_store
 
     model, tokenizer = micro

@@ -91,7 +91,7 @@ def test_a_relative_rule_on_a_zero_baseline_is_an_error():
 
 
 def test_scores_are_placed_by_example_id(tmp_path):
-    from evalkit.runs import ExampleResult, add_results, create_run
+    from evalkit.results import ExampleResult, add_results, create_run
 
     with open_store(tmp_path / "s.duckdb") as con:
         run = create_run(

@@ -8,7 +8,7 @@ from xml.etree import ElementTree
 import pytest
 
 from evalkit.cli import main
-from evalkit.runs import get_run, list_runs
+from evalkit.results import get_run, list_runs
 from evalkit.store import open_store
 
 SUITE = """
@@ -269,12 +269,12 @@ def test_runs_of_different_suites_are_refused(runs, suite, micro_model, capsys):
 
 
 def test_a_run_that_died_is_never_complete(runs, suite, micro_model, monkeypatch, capsys):
-    import evalkit.runner
+    import evalkit.evaluate
 
     def dies(*args, **kwargs):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(evalkit.runner, "run_generation", dies)
+    monkeypatch.setattr(evalkit.evaluate, "run_generation", dies)
     assert _eval(runs, micro_model, suite / "suite.toml", "died") == 2
     with open_store(runs / "evalkit.duckdb") as con:
         assert get_run(con, "died")["status"] == "failed"
@@ -358,8 +358,8 @@ def test_conversation_perplexity_is_the_training_loss(micro_model, suite):
     """Assistant-masked NLL per token equals the model's own loss with the training labels."""
     import torch
 
+    from evalkit.evaluate import run_perplexity
     from evalkit.models import load_model
-    from evalkit.runner import run_perplexity
     from evalkit.suite import TaskSpec, load_examples, load_suite
     from finetune.packing import encode
 
@@ -460,7 +460,7 @@ def test_the_shipped_examples_load():
 
 
 def _bias_run(con, name: str, shares: dict[str, float]) -> str:
-    from evalkit.runs import ExampleResult, add_results, create_run, finish_run
+    from evalkit.results import ExampleResult, add_results, create_run, finish_run
 
     suite = {"tasks": [{"type": "bias"}]}
     run_id = create_run(
@@ -505,7 +505,7 @@ def test_bias_rule_fails_only_where_the_candidate_is_more_biased(tmp_path):
 
 def test_a_bias_category_of_one_probe_is_not_judged(tmp_path):
     from evalkit.gate import load_spec, run_gate
-    from evalkit.runs import ExampleResult, add_results, create_run, finish_run
+    from evalkit.results import ExampleResult, add_results, create_run, finish_run
 
     (tmp_path / "gate.toml").write_text("[[rules]]\ntype = 'bias'\n")
     spec = load_spec(tmp_path / "gate.toml")

@@ -6,7 +6,7 @@ import pytest
 
 from evalkit.cli import main
 from evalkit.rating.report import load_ratings, queue_status
-from evalkit.runs import ExampleResult, add_results, create_run, finish_run
+from evalkit.results import ExampleResult, add_results, create_run, finish_run
 from evalkit.store import open_store
 from evalkit.workspace import open_workspace
 

@@ -13,7 +13,7 @@ from evalkit.rating.sources import (
     items_from_events,
     items_from_run,
 )
-from evalkit.runs import ExampleResult, add_results, create_run, finish_run
+from evalkit.results import ExampleResult, add_results, create_run, finish_run
 from evalkit.store import connect
 
 

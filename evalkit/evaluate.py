@@ -35,7 +35,7 @@ from evalkit.metrics import (
     stats_columns,
 )
 from evalkit.models import LINEAGE_FILE
-from evalkit.runs import ExampleResult, add_results, create_run, finish_run
+from evalkit.results import ExampleResult, add_results, create_run, finish_run
 from evalkit.store import open_store
 from evalkit.suite import Example, Suite, TaskSpec, load_examples, load_suite
 
