@@ -458,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_prepare_parser(commands) -> None:
+    from evalkit.contamination import NGRAM
+
     p = commands.add_parser(
         "prepare",
         help="clean, scrub, deduplicate, balance and split raw chats into a dataset",
@@ -493,7 +495,9 @@ def _add_prepare_parser(commands) -> None:
     p.add_argument("--group-by", default="conversation_id", help="records kept in one split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-set", action="append", metavar="NAME=FILE", help="check overlap")
-    p.add_argument("--ngram", type=int, default=13, help="n-gram size for contamination")
+    p.add_argument(
+        "--ngram", type=int, default=NGRAM, help=f"n-gram size for contamination (default: {NGRAM})"
+    )
     p.add_argument("--drop-contaminated", action="store_true", help="drop overlapping records")
     p.add_argument("--max-length", type=int, default=1024, help="report truncation at this")
     p.set_defaults(func=_cmd_data_prepare)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from evalkit import __version__
+from evalkit.chat import assistant_masks
 from evalkit.errors import EvalkitError
 from evalkit.metrics import (
     DEGENERATION_FLAGS,
@@ -34,35 +33,12 @@ from evalkit.metrics import (
     signature,
     stats_columns,
 )
-from evalkit.models import LINEAGE_FILE
+from evalkit.provenance import code_version, model_lineage
 from evalkit.results import ExampleResult, add_results, create_run, finish_run
 from evalkit.store import open_store
 from evalkit.suite import Example, Suite, TaskSpec, load_examples, load_suite
 
 log = logging.getLogger(__name__)
-
-
-def code_version() -> str:
-    """The package version, and the git commit when running from a checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
-
-
-def model_lineage(model_path: Path) -> dict:
-    """What the model came from: the training run's record beside its weights, if any."""
-    file = model_path / LINEAGE_FILE
-    if file.is_file():
-        return json.loads(file.read_text())
-    return {}
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -103,8 +79,6 @@ def run_perplexity(model, tokenizer, task: TaskSpec, examples: list[Example], ba
         )
         scored.update({e.id: (n, e.text) for e, n in zip(texts, nlls)})
     if convs:
-        from finetune.packing import assistant_masks
-
         _require_template(tokenizer)
         conversations = [e.messages for e in convs]
         ids = tokenizer.apply_chat_template(conversations, return_dict=True)["input_ids"]
@@ -315,7 +289,8 @@ def run_suite(
 ) -> str:
     """Evaluate the model on every task of the suite; returns the id of the complete run."""
     from evalkit.generation import CacheContext
-    from evalkit.models import chat_template_fingerprint, load_model, model_hash
+    from evalkit.models import load_model
+    from evalkit.provenance import chat_template_fingerprint, model_hash
 
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     model_path = Path(model_path).resolve()

@@ -53,7 +53,9 @@ from evalkit.compare import (
     interval_label,
     signatures,
 )
+from evalkit.contamination import NGRAM, conversation_text, overlap
 from evalkit.errors import EvalkitError
+from evalkit.provenance import sha256_file
 from evalkit.stats.significance import paired_bootstrap
 from evalkit.suite import read_toml
 
@@ -398,14 +400,11 @@ def _unknown(note: str) -> dict:
 
 
 def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> list[dict]:
-    """Per task: evaluation examples sharing a 13-gram with the candidate's training data.
+    """Per task: evaluation examples sharing an n-gram with the candidate's training data.
 
     The training split is read only if it is still the one trained on: its hash in the dataset
     manifest, and the manifest's dataset hash the one the training run recorded.
     """
-    from finetune.contamination import overlap
-    from finetune.data.prepare import sha256_file
-
     lineage = comparison.candidate.get("lineage") or {}
     train = Path(lineage.get("dataset", "")) / "train.jsonl" if lineage.get("dataset") else None
     if not train or not train.is_file():
@@ -424,7 +423,7 @@ def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> lis
     with open(train, encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
-            train_texts.append(" ".join(m["content"] for m in record.get("messages", [])))
+            train_texts.append(conversation_text(record.get("messages", [])))
     out = []
     for task in comparison.scores[0]:
         rows = con.execute(
@@ -432,7 +431,7 @@ def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> lis
             "ORDER BY example_id",
             [comparison.candidate["run_id"], task],
         ).fetchall()
-        texts = [_flatten(p) + " " + (r or "") for p, r in rows]
+        texts = [conversation_text([*_messages(p), {"content": r}]) for p, r in rows]
         _, hits = overlap(train_texts, texts)
         out.append(
             {
@@ -441,19 +440,23 @@ def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> lis
                 "examples": len(texts),
                 "contaminated": hits,
                 "training_data": str(train),
-                "ngram": 13,
+                "ngram": NGRAM,
             }
         )
     return out
 
 
-def _flatten(prompt: str | None) -> str:
+def _messages(prompt: str | None) -> list[dict]:
+    """A stored prompt as messages: JSON messages, or a plain text as one turn."""
     if not prompt:
-        return ""
+        return []
     try:
-        return " ".join(m["content"] for m in json.loads(prompt))
-    except (ValueError, TypeError, KeyError):
-        return prompt
+        messages = json.loads(prompt)
+    except ValueError:
+        messages = None
+    if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
+        return messages
+    return [{"content": prompt}]
 
 
 @dataclass
@@ -592,7 +595,7 @@ def render_markdown(report: GateReport) -> str:
                     ("baseline_output", "baseline"),
                     ("candidate_output", "candidate"),
                 ):
-                    text = _flatten(w[key]) if key == "prompt" else w[key]
+                    text = conversation_text(_messages(w[key])) if key == "prompt" else w[key]
                     if text is not None:
                         lines.append(f"  - {label}: {_short(text)}")
     lines += [

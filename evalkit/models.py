@@ -1,14 +1,11 @@
-"""Loading a model directory (Hugging Face format) and fingerprinting what decides its outputs.
+"""Loading a model directory (Hugging Face format).
 
 Every part loads models through :func:`load_model`, so a missing or corrupt directory gives the
-same clear error everywhere, and records :func:`model_hash` and
-:func:`chat_template_fingerprint`, so a number can always be traced to the exact weights and the
-exact chat template that produced it.
+same clear error everywhere. What identifies a model is in :mod:`evalkit.provenance`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,34 +16,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-# Files whose bytes decide what a model computes; logs and model cards do not count.
 _MODEL_DIR_HINT = "pass a directory written by save_pretrained (config.json, weights, tokenizer)"
-LINEAGE_FILE = "evalkit_lineage.json"  # written by training beside the weights; not hashed
-_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")
-
-
-def model_hash(path: str | Path) -> str:
-    """sha256 over the weights, config and tokenizer files of a model directory."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        if file.suffix not in _HASHED_SUFFIXES or file.name.startswith("evalkit_"):
-            continue
-        digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def chat_template_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 of the tokenizer's chat template; training, evaluation and serving all record it."""
-    template = tokenizer.chat_template
-    if not template:
-        return "none"
-    if isinstance(template, dict):  # named templates: hash them in a stable order
-        template = "\n".join(f"{k}\n{v}" for k, v in sorted(template.items()))
-    return hashlib.sha256(template.encode()).hexdigest()
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -226,8 +226,8 @@ def build_base_model(
 
     import torch
 
-    from evalkit.models import chat_template_fingerprint, model_hash
     from evalkit.perplexity import bits_per_byte, text_nll, token_perplexity
+    from evalkit.provenance import chat_template_fingerprint, model_hash
     from finetune.data.corpora import load_chitchat
 
     if conversations is None:

@@ -10,12 +10,12 @@ into another and almost no compute goes to padding.
 from __future__ import annotations
 
 import bisect
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from evalkit.chat import assistant_masks
+
 IGNORE = -100
-_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
 @dataclass(frozen=True)
@@ -26,32 +26,6 @@ class Encoded:
     labels: list[list[int]]
     too_long: int  # conversations over max_length, dropped (or cut, with truncate)
     no_target: int  # conversations with no token to learn from
-
-
-def assistant_masks(tokenizer, conversations: Sequence[list[dict]]) -> list[list[int]]:
-    """1 for the assistant's tokens. Uses the template's {% generation %} markers when it has
-    them; otherwise renders each prefix of the conversation and marks what each reply adds."""
-    template = tokenizer.chat_template or ""
-    if _GENERATION_TAG.search(template):
-        out = tokenizer.apply_chat_template(
-            list(conversations), return_dict=True, return_assistant_tokens_mask=True
-        )
-        return out["assistant_masks"]
-
-    def length(messages: list[dict], prompt: bool) -> int:
-        return len(
-            tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, return_dict=False)
-        )
-
-    masks = []
-    for messages in conversations:
-        mask = [0] * length(messages, False)
-        for i, message in enumerate(messages):
-            if message["role"] == "assistant":
-                start, end = length(messages[:i], True), length(messages[: i + 1], False)
-                mask[start:end] = [1] * (end - start)
-        masks.append(mask)
-    return masks
 
 
 def encode(

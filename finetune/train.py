@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
-from evalkit.models import LINEAGE_FILE
+from evalkit.provenance import LINEAGE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     import torch
 
     from evalkit.fusion import fast_layers, same_within_rounding
-    from evalkit.models import chat_template_fingerprint, load_model, model_hash
+    from evalkit.models import load_model
+    from evalkit.provenance import chat_template_fingerprint, model_hash
     from finetune.loss import TargetNLL, probe, target_nll
     from finetune.packing import collate, encode, pack
 

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from evalkit.contamination import NGRAM, conversation_text, overlap
 from evalkit.errors import EvalkitError
+from evalkit.provenance import sha256_file
 from finetune.data.formats import FORMATS, InputSpec, Record, read_input
 from finetune.data.split import SPLITS, assign_splits, seeded_key
 
@@ -68,7 +70,7 @@ class PrepareConfig:
     seed: int = 0
     # contamination
     eval_sets: dict[str, str] = field(default_factory=dict)  # name -> path
-    ngram: int = 13
+    ngram: int = NGRAM
     drop_contaminated: bool = False
     # describe
     max_length: int = 1024  # report how many would be truncated at this length
@@ -102,7 +104,7 @@ class _Item:
 
     record: Record
     conv: dict
-    text: str = ""  # flattened turns, for dedup and contamination
+    text: str = ""  # flattened turns, for deduplication
     tokens: int | None = None
 
 
@@ -189,14 +191,6 @@ def _describe(lengths: Sequence[int], max_length: int) -> dict:
         "max": int(arr.max()),
         "truncated": int((arr > max_length).sum()),
     }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def prepare(inputs: Sequence[str | InputSpec], out: str | Path, config: PrepareConfig) -> dict:
@@ -493,19 +487,18 @@ def _read_eval_set(name: str, path: str) -> list[str]:
         except (OSError, UnicodeDecodeError) as exc:
             raise EvalkitError(f"cannot read evaluation set {name} at {p}: {exc}") from exc
     records = list(read_input(InputSpec(p, name)))
-    return [flatten(r.conversation) for r in records if r.conversation]
+    return [conversation_text(r.conversation["messages"]) for r in records if r.conversation]
 
 
 def _contamination(ledger: _Ledger, splits: dict[str, list[_Item]], cfg: PrepareConfig) -> dict:
-    from finetune.contamination import overlap
-
     report = {}
     started = time.perf_counter()
     train = splits["train"]
     hits_all: dict[int, str] = {}
     for name, path in cfg.eval_sets.items():
         eval_texts = _read_eval_set(name, path)
-        hits, contaminated = overlap([it.text for it in train], eval_texts, cfg.ngram)
+        train_texts = [conversation_text(it.conv["messages"]) for it in train]
+        hits, contaminated = overlap(train_texts, eval_texts, cfg.ngram)
         report[name] = {
             "path": path,
             "examples": len(eval_texts),

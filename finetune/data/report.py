@@ -110,7 +110,7 @@ def render_report(manifest: dict) -> str:
 
 def dataset_summary(path) -> str:
     """The report of a dataset directory, after checking its split files against the manifest."""
-    from finetune.data.prepare import sha256_file
+    from evalkit.provenance import sha256_file
 
     path = Path(path)
     try:

@@ -2,7 +2,8 @@ import pytest
 
 from evalkit.errors import EvalkitError
 from evalkit.generation import CacheContext, DecodingConfig, generate
-from evalkit.models import chat_template_fingerprint, load_model, model_hash
+from evalkit.models import load_model
+from evalkit.provenance import chat_template_fingerprint, model_hash
 
 PROMPTS = [
     [{"role": "user", "content": text}]

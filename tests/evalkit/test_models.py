@@ -3,7 +3,8 @@ import shutil
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.models import chat_template_fingerprint, load_model, model_hash
+from evalkit.models import load_model
+from evalkit.provenance import chat_template_fingerprint, model_hash
 
 
 def test_loads_a_model_directory(micro_model):

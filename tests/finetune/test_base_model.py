@@ -4,7 +4,7 @@ import os
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evalkit.models import model_hash
+from evalkit.provenance import model_hash
 from finetune.base_model import (
     CHAT_TEMPLATE,
     base_model_config,

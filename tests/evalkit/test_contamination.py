@@ -1,4 +1,4 @@
-from finetune.contamination import overlap, word_ngrams
+from evalkit.contamination import overlap, word_ngrams
 
 EVAL = "the quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat"
 
