@@ -178,3 +178,16 @@ def complete_run(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
             hint="run the evaluation again: finished generations are cached and reused",
         )
     return run
+
+
+def prompt_messages(prompt: str | None) -> list[dict]:
+    """A stored prompt as messages: its JSON messages, or a plain text as one turn."""
+    if not prompt:
+        return []
+    try:
+        messages = json.loads(prompt)
+    except ValueError:
+        messages = None
+    if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
+        return messages
+    return [{"content": prompt}]

@@ -451,7 +451,7 @@ def test_the_shipped_examples_load():
     from evalkit.gate import load_spec
     from evalkit.suite import load_examples, load_suite
 
-    root = Path(__file__).parents[2] / "fixtures"
+    root = Path(__file__).parents[3] / "fixtures"
     for path in sorted((root / "suites").glob("*.toml")):
         suite = load_suite(path)
         assert all(load_examples(d) for d in suite.datasets.values())
@@ -541,7 +541,8 @@ def test_a_bias_category_of_one_probe_is_not_judged(tmp_path):
 
 def test_an_undefined_interval_is_no_evidence():
     from evalkit.compare import MetricComparison
-    from evalkit.gate import GateReport, Rule, _forest_svg, judge_metric
+    from evalkit.gate import GateReport, Rule, judge_metric
+    from evalkit.gate.report import _forest_svg
 
     # A clear rise, but the relative interval is undefined (NaN), as where resampled baselines
     # reach 0: a relative rule cannot call it significant, and the plot draws no interval.

@@ -1,0 +1,117 @@
+"""A gate spec: the rules, read from TOML and checked."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evalkit.errors import EvalkitError
+from evalkit.suite import read_toml
+
+DIRECTIONS = {
+    "max_increase": (1, False),
+    "max_drop": (-1, False),
+    "max_relative_increase": (1, True),
+    "max_relative_drop": (-1, True),
+}
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    type: str = "metric"
+    task: str | None = None
+    limit: str = ""  # one of DIRECTIONS, for metric rules
+    threshold: float = 0.0
+    require_significance: bool = True
+    group_by: str = "category"  # bias rules
+    center: float = 0.5  # bias rules
+
+    def describe(self) -> str:
+        where = f"{self.task}/" if self.task else ""
+        if self.type == "bias":
+            return (
+                f"{where}{self.metric}: no {self.group_by} further from {self.center} "
+                "than in the baseline"
+            )
+        unit = (
+            f"{self.threshold:.1%} relative" if "relative" in self.limit else f"{self.threshold:g}"
+        )
+        verb = "rise" if DIRECTIONS[self.limit][0] > 0 else "drop"
+        return f"{where}{self.metric} may not {verb} by more than {unit}"
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    rules: list[Rule]
+    alpha: float = 0.05
+    n_resamples: int = 2000
+    seed: int = 0
+    definition: dict = field(default_factory=dict)
+
+
+def _threshold(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise EvalkitError(f"{where}: {value!r} is not a finite number", hint="e.g. 0.02")
+    return float(value)
+
+
+def load_spec(path: str | Path) -> GateSpec:
+    path = Path(path)
+    definition = read_toml(path, "gate spec")
+    rules = []
+    specs = definition.get("rules", [])
+    if not isinstance(specs, list) or not all(isinstance(r, dict) for r in specs):
+        raise EvalkitError(f"gate spec {path}: rules must be [[rules]] tables")
+    for i, raw in enumerate(specs, start=1):
+        raw = dict(raw)
+        kind = raw.pop("type", "metric")
+        where = f"gate spec {path}, rule {i}"
+        if kind == "bias":
+            rules.append(
+                Rule(
+                    raw.pop("metric", "stereo_preferred_shared"),
+                    "bias",
+                    raw.pop("task", "bias"),
+                    group_by=raw.pop("group_by", "category"),
+                    center=_threshold(raw.pop("center", 0.5), f"{where}, center"),
+                )
+            )
+        elif kind == "metric":
+            if "metric" not in raw:
+                raise EvalkitError(f"{where}: no metric named")
+            limits = [k for k in DIRECTIONS if k in raw]
+            if len(limits) != 1:
+                raise EvalkitError(
+                    f"{where} ({raw['metric']}): give exactly one of {', '.join(DIRECTIONS)}"
+                )
+            rules.append(
+                Rule(
+                    raw.pop("metric"),
+                    task=raw.pop("task", None),
+                    limit=limits[0],
+                    threshold=_threshold(raw.pop(limits[0]), f"{where}, {limits[0]}"),
+                    require_significance=bool(raw.pop("require_significance", True)),
+                )
+            )
+        else:
+            raise EvalkitError(f"{where}: unknown type {kind!r}", hint="use metric or bias")
+        unknown = sorted(raw)  # what the rule's type did not take
+        if unknown:
+            raise EvalkitError(f"{where}: unknown key {unknown[0]!r}")
+    if not rules:
+        raise EvalkitError(f"gate spec {path} has no [[rules]]")
+    alpha = _threshold(definition.get("alpha", 0.05), f"gate spec {path}, alpha")
+    if not 0 < alpha < 0.5:
+        raise EvalkitError(
+            f"gate spec {path}: alpha {alpha} is not a significance level (e.g. 0.05)"
+        )
+    n_resamples, seed = definition.get("n_resamples", 2000), definition.get("seed", 0)
+    for key, value in (("n_resamples", n_resamples), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EvalkitError(f"gate spec {path}: {key} {value!r} is not a whole number")
+    if n_resamples < 1000:
+        raise EvalkitError(f"gate spec {path}: n_resamples must be at least 1000")
+    return GateSpec(rules, alpha, n_resamples, seed, definition)
