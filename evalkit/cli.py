@@ -19,6 +19,7 @@ from pathlib import Path
 
 from evalkit import __version__
 from evalkit.errors import EvalkitError
+from evalkit.stats import ALPHA, MIN_RESAMPLES, N_RESAMPLES, SEED
 
 log = logging.getLogger("evalkit")
 
@@ -294,7 +295,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     from evalkit.metrics import DEGENERATION_FLAGS
     from evalkit.store import open_store
 
-    spec = load_spec(args.spec) if args.spec else GateSpec([], 0.05, 1000, 0)
+    spec = load_spec(args.spec) if args.spec else GateSpec([])
     given = {"alpha": args.alpha, "n_resamples": args.resamples, "seed": args.seed}
     spec = replace(spec, **{k: v for k, v in given.items() if v is not None})  # flags win
     with open_store(_store(args)) as con:
@@ -546,10 +547,12 @@ def _add_eval_parsers(commands) -> None:
     cmp.add_argument("candidate", help="candidate run")
     cmp.add_argument("--by", action="append", metavar="FIELD", help="break down by this field")
     cmp.add_argument(
-        "--resamples", type=int, help="bootstrap resamples, at least 1000 (default 1000)"
+        "--resamples",
+        type=int,
+        help=f"bootstrap resamples, at least {MIN_RESAMPLES} (default {N_RESAMPLES})",
     )
-    cmp.add_argument("--seed", type=int, help="bootstrap seed (default 0)")
-    cmp.add_argument("--alpha", type=float, help="significance level (default 0.05)")
+    cmp.add_argument("--seed", type=int, help=f"bootstrap seed (default {SEED})")
+    cmp.add_argument("--alpha", type=float, help=f"significance level (default {ALPHA})")
     cmp.add_argument(
         "--spec",
         help="a gate spec: use its alpha, resamples and seed unless given above, and warn where "
@@ -796,7 +799,7 @@ def _add_rate_parser(commands) -> None:
     for p in (gold, submit, agreement):
         p.add_argument("--rubric", metavar="FILE", help="rubric TOML (default: the shipped one)")
     for p in (agreement, ranking):
-        p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+        p.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples")
         p.add_argument("--seed", type=int, default=0)
     submit.set_defaults(func=_cmd_rate_submit)
     agreement.set_defaults(func=_cmd_rate_agreement)

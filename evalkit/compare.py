@@ -21,6 +21,7 @@ from evalkit.errors import EvalkitError
 from evalkit.evaluate import metrics_of
 from evalkit.metrics import RunMetric
 from evalkit.results import complete_run
+from evalkit.stats import ALPHA, MIN_RESAMPLES, N_RESAMPLES, SEED
 from evalkit.stats.significance import (
     bootstrap_sums,
     mcnemar_p_value,
@@ -113,7 +114,7 @@ class MetricComparison:
     relative_low: float = math.nan
     relative_high: float = math.nan
     relative_min_detectable: float = math.nan
-    alpha: float = 0.05  # the intervals are at 1 - alpha confidence
+    alpha: float = ALPHA  # the intervals are at 1 - alpha confidence
 
     @property
     def relative(self) -> float:
@@ -206,7 +207,7 @@ Entry = tuple[
 
 
 def compare_tables(
-    entries: Sequence[Entry], *, n_resamples: int, seed: int, alpha: float = 0.05
+    entries: Sequence[Entry], *, n_resamples: int, seed: int, alpha: float = ALPHA
 ) -> list[MetricComparison]:
     """Every metric of the given tasks (all with the same number of examples), from one set of
     bootstrap resamples and one set of permutations shared by all of them; intervals at
@@ -322,9 +323,9 @@ def compare_runs(
     candidate_id: str,
     *,
     by: Sequence[str] = (),
-    n_resamples: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+    alpha: float = ALPHA,
 ) -> Comparison:
     """Compare two complete runs of one suite; ``by`` lists metadata fields to break down by;
     intervals at 1 - alpha confidence."""
@@ -336,8 +337,8 @@ def compare_runs(
             f"({candidate['suite_name']}) are of different suites, or of different data",
             hint="evaluate both models with the same suite file and datasets",
         )
-    if n_resamples < 1000:
-        raise EvalkitError("at least 1,000 bootstrap resamples are needed for a 95% interval")
+    if n_resamples < MIN_RESAMPLES:
+        raise EvalkitError(f"at least {MIN_RESAMPLES:,} bootstrap resamples are needed")
     if not 0 < alpha < 0.5:
         raise EvalkitError(f"alpha {alpha} is not a significance level", hint="e.g. 0.05")
     scores_b, scores_c = load_scores(con, baseline["run_id"]), load_scores(con, candidate["run_id"])

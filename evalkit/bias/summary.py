@@ -9,6 +9,7 @@ import numpy as np
 
 from evalkit.errors import EvalkitError
 from evalkit.results import ExampleResult
+from evalkit.stats import N_RESAMPLES, SEED
 from evalkit.stats.significance import bootstrap_ci
 
 
@@ -16,8 +17,8 @@ def bias_summary(
     results: Sequence[ExampleResult],
     metric: str,
     *,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
     confidence: float = 0.95,
 ) -> dict:
     """Mean of ``metric`` per category (``metadata["category"]``) and overall, each with its

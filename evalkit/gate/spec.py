@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
+from evalkit.stats import ALPHA, MIN_RESAMPLES, N_RESAMPLES, SEED
 from evalkit.suite import read_toml
 
 DIRECTIONS = {
@@ -46,9 +47,9 @@ class Rule:
 @dataclass(frozen=True)
 class GateSpec:
     rules: list[Rule]
-    alpha: float = 0.05
-    n_resamples: int = 2000
-    seed: int = 0
+    alpha: float = ALPHA
+    n_resamples: int = N_RESAMPLES
+    seed: int = SEED
     definition: dict = field(default_factory=dict)
 
 
@@ -103,15 +104,15 @@ def load_spec(path: str | Path) -> GateSpec:
             raise EvalkitError(f"{where}: unknown key {unknown[0]!r}")
     if not rules:
         raise EvalkitError(f"gate spec {path} has no [[rules]]")
-    alpha = _threshold(definition.get("alpha", 0.05), f"gate spec {path}, alpha")
+    alpha = _threshold(definition.get("alpha", ALPHA), f"gate spec {path}, alpha")
     if not 0 < alpha < 0.5:
         raise EvalkitError(
             f"gate spec {path}: alpha {alpha} is not a significance level (e.g. 0.05)"
         )
-    n_resamples, seed = definition.get("n_resamples", 2000), definition.get("seed", 0)
+    n_resamples, seed = definition.get("n_resamples", N_RESAMPLES), definition.get("seed", SEED)
     for key, value in (("n_resamples", n_resamples), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise EvalkitError(f"gate spec {path}: {key} {value!r} is not a whole number")
-    if n_resamples < 1000:
-        raise EvalkitError(f"gate spec {path}: n_resamples must be at least 1000")
+    if n_resamples < MIN_RESAMPLES:
+        raise EvalkitError(f"gate spec {path}: n_resamples must be at least {MIN_RESAMPLES}")
     return GateSpec(rules, alpha, n_resamples, seed, definition)

@@ -16,6 +16,7 @@ import numpy as np
 from evalkit.errors import EvalkitError
 from evalkit.rating.queue import LIVE_LEASES, ensure_schema, utc_now
 from evalkit.rating.rubric import CHOICES, THUMBS, Rubric
+from evalkit.stats import N_RESAMPLES, SEED
 from evalkit.stats.agreement import (
     Agreement,
     AnnotatorStats,
@@ -124,7 +125,11 @@ def _codes(values: tuple[str, ...]) -> dict[str, int]:
 
 
 def agreement_report(
-    con: duckdb.DuckDBPyConnection, rubric: Rubric, *, n_resamples: int = 1000, seed: int = 0
+    con: duckdb.DuckDBPyConnection,
+    rubric: Rubric,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
 ) -> list[tuple[str, Agreement | str]]:
     """Agreement per rubric dimension (Krippendorff ordinal and interval), on pairwise choices
     and thumbs (nominal alpha, Cohen's or Fleiss' kappa). A measure that the data cannot
@@ -189,8 +194,8 @@ def ranking_report(
     *,
     threshold: float = 0.5,
     power: float = 0.8,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
 ) -> tuple[Ranking, list[HeadToHead]]:
     """Bradley-Terry over every pairwise judgement, and each candidate's win rate over its
     baseline with the judgements still needed to tell it from ``threshold``."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import krippendorff
 import numpy as np
 
+from evalkit.stats import N_RESAMPLES, SEED
 from evalkit.stats.significance import percentile_interval, resample_counts, wilson_interval
 
 LEVELS = ("nominal", "ordinal", "interval")
@@ -89,8 +90,8 @@ def krippendorff_alpha(
     data: np.ndarray,
     level: str = "nominal",
     *,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
     confidence: float = 0.95,
 ) -> Agreement:
     """Krippendorff's alpha of a raters x items array (NaN = no rating), with a bootstrap CI.
@@ -142,8 +143,8 @@ def cohen_kappa(
     first: Sequence,
     second: Sequence,
     *,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
     confidence: float = 0.95,
 ) -> Agreement:
     """Cohen's kappa of two raters' labels on the same items, with a bootstrap CI over items.
@@ -179,7 +180,11 @@ def cohen_kappa(
 
 
 def fleiss_kappa(
-    counts: np.ndarray, *, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+    counts: np.ndarray,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+    confidence: float = 0.95,
 ) -> Agreement:
     """Fleiss' kappa from an items x categories array of how many raters chose each category.
 

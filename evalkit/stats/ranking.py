@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evalkit.stats import ALPHA, N_RESAMPLES, SEED
 from evalkit.stats.significance import (
     bootstrap_ci,
     min_detectable_difference,
@@ -105,8 +106,8 @@ def bradley_terry(
     outcome: Sequence[float],
     groups: Sequence | None = None,
     *,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
     prior: float = 0.1,
     confidence: float = 0.95,
 ) -> Ranking:
@@ -165,8 +166,8 @@ def win_rate(
     outcome: Sequence[float],
     groups: Sequence | None = None,
     *,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
     confidence: float = 0.95,
 ) -> WinRate:
     """The candidate's win rate from its outcomes (1 win, 0.5 tie, 0 loss), resampling prompts."""
@@ -206,7 +207,7 @@ class Plan:
 
 
 def comparisons_needed(
-    outcome: Sequence[float], threshold: float = 0.5, *, alpha: float = 0.05, power: float = 0.8
+    outcome: Sequence[float], threshold: float = 0.5, *, alpha: float = ALPHA, power: float = 0.8
 ) -> Plan:
     """Judgements needed to tell the observed win rate from ``threshold`` with ``power``.
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from scipy import stats
 
+from evalkit.stats import ALPHA, N_RESAMPLES, SEED
+
 # Resampled example slots per chunk: bounds memory. 8 MB arrays stay under glibc's 32 MB mmap
 # threshold; at 32 MB every chunk was a fresh mapping, and page faults doubled compare's time.
 CHUNK = 1 << 20
@@ -48,8 +50,8 @@ def resample_counts(
 def bootstrap_sums(
     columns: np.ndarray,
     *,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
     groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Column sums of each resample, ``(n_resamples, m + 1)``; the last column is its size.
@@ -89,8 +91,8 @@ def percentile_interval(distribution: np.ndarray, confidence: float = 0.95) -> t
 def bootstrap_ci(
     values: np.ndarray,
     *,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
     confidence: float = 0.95,
     groups: np.ndarray | None = None,
 ) -> tuple[float, float]:
@@ -104,8 +106,8 @@ def paired_bootstrap(
     candidate: np.ndarray,
     statistic: Callable[[np.ndarray], np.ndarray] = mean_of_sums,
     *,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
     confidence: float = 0.95,
 ) -> tuple[float, float, float, np.ndarray]:
     """``statistic(candidate) - statistic(baseline)`` with a paired bootstrap interval.
@@ -129,7 +131,7 @@ def paired_bootstrap(
 
 
 def permutation_p_values(
-    differences: np.ndarray, *, n_resamples: int = 2000, seed: int = 0
+    differences: np.ndarray, *, n_resamples: int = N_RESAMPLES, seed: int = SEED
 ) -> np.ndarray:
     """Two-sided paired permutation (sign-flip) tests of a zero mean, one per column.
 
@@ -157,7 +159,7 @@ def permutation_p_values(
 
 
 def permutation_p_value(
-    differences: np.ndarray, *, n_resamples: int = 2000, seed: int = 0
+    differences: np.ndarray, *, n_resamples: int = N_RESAMPLES, seed: int = SEED
 ) -> float:
     """:func:`permutation_p_values` of one sample of paired differences."""
     return float(permutation_p_values(differences, n_resamples=n_resamples, seed=seed)[0])
@@ -183,7 +185,7 @@ def mcnemar_p_value(baseline: np.ndarray, candidate: np.ndarray) -> float:
 
 
 def min_detectable_difference(
-    differences: np.ndarray, *, alpha: float = 0.05, power: float = 0.8
+    differences: np.ndarray, *, alpha: float = ALPHA, power: float = 0.8
 ) -> float:
     """The smallest mean paired difference a two-sided test at ``alpha`` detects with ``power``."""
     differences = np.asarray(differences, dtype=float)

@@ -554,3 +554,19 @@ def test_an_undefined_interval_is_no_evidence():
     assert m.significant and not MetricComparison(**{**m.__dict__, "low": math.nan}).significant
     svg = _forest_svg(GateReport("inconclusive", 1, [result], [], [], None, None))
     assert "nan" not in svg.lower() and svg.count("<circle") == 1
+
+
+def test_compare_and_gate_give_the_same_intervals_by_default(runs, tmp_path, capsys):
+    spec = tmp_path / "gate.toml"  # no alpha, resamples or seed: the defaults
+    spec.write_text(
+        '[[rules]]\nmetric = "perplexity"\ntask = "perplexity:conv"\nmax_increase = 1\n'
+    )
+    out = tmp_path / "report"
+    _cli(runs, "gate", "--baseline", "base", "--candidate", "bad", "--spec", spec, "--out", out)
+    capsys.readouterr()
+    assert _cli(runs, "compare", "base", "bad", "--json") == 0
+    compared = json.loads(capsys.readouterr().out, parse_constant=_not_strict_json)["metrics"]
+    gated = _report(out)["metrics"]
+    assert [(m["low"], m["high"], m["p_value"]) for m in compared] == [
+        (m["low"], m["high"], m["p_value"]) for m in gated
+    ]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from evalkit.stats import N_RESAMPLES
 from evalkit.stats.significance import (
     bootstrap_ci,
     bootstrap_sums,
@@ -65,7 +66,7 @@ def test_paired_bootstrap_of_a_ratio_statistic():
     expected = math.exp(nll_c.sum() / tokens.sum()) - math.exp(nll_b.sum() / tokens.sum())
     assert observed == pytest.approx(expected)
     assert 0 < low < observed < high
-    assert len(dist) == 1000
+    assert len(dist) == N_RESAMPLES
 
 
 def test_permutation_matches_scipy():
