@@ -58,7 +58,7 @@ class PrepareConfig:
     # deduplicate
     exact_dedup: bool = True
     near_dedup: bool = True
-    near_dup_threshold: float = 0.8  # Jaccard on word 3-gram shingles
+    near_dup_threshold: float = 0.8  # Jaccard on character 5-gram shingles
     near_dup_action: str = "drop"  # drop | group (keep them, in one split)
     # balance
     balance_by: str | None = None  # a metadata field, e.g. topic

@@ -1,6 +1,10 @@
+import difflib
+import itertools
 import json
 import os
 import random
+import re
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -9,31 +13,39 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from finetune.data.corpora import load_support_faq
 from finetune.data.dedup import (
+    NGRAM,
     exact_key,
     jaccard,
     near_duplicate_clusters,
     normalize_for_hash,
     shingles,
 )
+from finetune.data.prepare import flatten
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def _words(prefix: str, count: int) -> list[str]:
-    """Distinct words, so that every word 3-gram of a text is distinct too."""
     return [f"{prefix}{i}" for i in range(count)]
 
 
-def _planted_pair(prefix: str, total: int, shared: int) -> tuple[str, str]:
-    """Two texts of `total` 3-shingles each, `shared` of them in common.
+def _letters(count: int, seed: int) -> str:
+    """Random letters: at this length every 5-character window of the result is distinct."""
+    return "".join(random.Random(seed).choices(string.ascii_lowercase, k=count))
 
-    Both start with the same `shared + 2` distinct words; the rest of the second text is fresh
-    words, so exactly `shared` shingles are common: Jaccard = shared / (2 * total - shared).
+
+def _planted_pair(seed: int, total: int, shared: int) -> tuple[str, str]:
+    """Two texts of `total` shingles each, `shared` of them in common.
+
+    Both start with the same `shared + 4` letters; the second goes on with a digit (no window
+    that holds it is in the first) and fresh letters, so exactly `shared` 5-character shingles are
+    common: Jaccard = shared / (2 * total - shared).
     """
-    a = _words(f"{prefix}a", total + 2)
-    b = a[: shared + 2] + _words(f"{prefix}b", total - shared)
-    return " ".join(a), " ".join(b)
+    a = _letters(total + NGRAM - 1, seed)
+    b = a[: shared + NGRAM - 1] + "0" + _letters(total - shared - 1, seed + 1)
+    return a, b
 
 
 def _random_texts(count: int, words: int, seed: int = 0) -> list[str]:
@@ -56,16 +68,21 @@ def test_exact_key_ignores_case_and_whitespace_only():
     assert key != exact_key("helloworld, how are you?")
 
 
-def test_shingles_are_word_ngrams_of_the_normalized_text():
-    assert shingles("The  cat, SAT on\nthe mat.") == {
-        "the cat sat",
-        "cat sat on",
-        "sat on the",
-        "on the mat",
+def test_shingles_are_character_ngrams_of_the_normalized_words():
+    # The words of "The  cat, SAT!" are "the cat sat": 11 characters, 7 windows of 5.
+    assert shingles("The  cat, SAT!") == {
+        "the c",
+        "he ca",
+        "e cat",
+        " cat ",
+        "cat s",
+        "at sa",
+        "t sat",
     }
-    assert shingles("a b c d", n=1) == {"a", "b", "c", "d"}
-    assert shingles("Hello, World!") == {"hello world"}  # fewer than n words: one shingle
-    assert shingles("") == {""}
+    assert shingles("a-b, b\nc", n=1) == {"a", "b", "c", " "}
+    assert shingles("Hi, there!") == shingles("hi there")  # punctuation is not part of them
+    assert shingles("Hi!") == {"hi"}  # fewer than n characters: one shingle
+    assert shingles("") == shingles("?!") == {""}
     with pytest.raises(ValueError, match="n must be"):
         shingles("a b c", n=0)
 
@@ -87,16 +104,17 @@ def test_jaccard():
     ],
 )
 def test_planted_pairs_cluster_by_true_jaccard(similarity, total, shared, clustered):
-    a, b = _planted_pair("p", total, shared)
+    a, b = _planted_pair(total, total, shared)
+    assert len(shingles(a)) == len(shingles(b)) == total
     assert jaccard(shingles(a), shingles(b)) == pytest.approx(similarity)
-    unrelated = " ".join(_words("u", 100))
+    unrelated = _letters(100, seed=0)
     reps = near_duplicate_clusters([unrelated, a, b], threshold=0.8)
     assert reps == ([0, 1, 1] if clustered else [0, 1, 2])
 
 
 def test_clusters_are_transitive():
-    words = _words("t", 450)
-    a, b, c = (" ".join(words[shift : shift + 400]) for shift in (0, 25, 50))
+    letters = _letters(454, seed=4)
+    a, b, c = (letters[shift : shift + 404] for shift in (0, 25, 50))
     assert jaccard(shingles(a), shingles(b)) >= 0.8
     assert jaccard(shingles(b), shingles(c)) >= 0.8
     assert jaccard(shingles(a), shingles(c)) < 0.8
@@ -211,3 +229,120 @@ def test_every_cluster_points_to_its_own_first_text(texts, threshold, ngram):
     for i, rep in enumerate(reps):
         members = [j for j, r in enumerate(reps) if r == rep and j != i]
         assert not members or any(jaccard(sets[i], sets[j]) >= threshold for j in members)
+
+
+# Real short support exchanges: near duplicates one word apart must be caught (the issue: word
+# 3-gram shingles missed them, each edited word changing 3 of ~25 shingles), and different
+# answers must not be merged.
+
+_WORD = re.compile(r"\w+")
+
+
+@pytest.fixture(scope="module")
+def support_faq() -> dict[str, str]:
+    """The support FAQ's question-answer pairs by id, flattened as data preparation does."""
+    return {conv["id"]: flatten(conv) for conv in load_support_faq()}
+
+
+def _word_3grams(text: str) -> set[str]:
+    """The shingles this module used before: word 3-grams of the normalized text."""
+    words = _WORD.findall(normalize_for_hash(text))
+    return {" ".join(words[i : i + 3]) for i in range(max(len(words) - 2, 1))}
+
+
+def _question(flat: str) -> str:
+    """The user turn of a flattened question-answer pair."""
+    return flat.split("\nassistant: ")[0]
+
+
+def _edit_one_word(text: str, old: str, new: str) -> str:
+    """`text` with `old` (once in it) replaced by `new`, checked to be a one-word edit."""
+    assert text.count(old) == 1
+    edited = text.replace(old, new)
+    before, after = (_WORD.findall(normalize_for_hash(t)) for t in (text, edited))
+    changes = [
+        max(i2 - i1, j2 - j1)
+        for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, before, after).get_opcodes()
+        if tag != "equal"
+    ]
+    assert changes == [1]
+    return edited
+
+
+# (id, old, new): one word substituted in the question or the answer.
+_SUBSTITUTIONS = [
+    ("pyfaq-programming-0004", "required", "recommended"),
+    ("pyfaq-library-0005", "similar", "equivalent"),
+    ("pyfaq-programming-0063", "convenience", "helper"),
+    ("pyfaq-extending-0007", "Use", "Call"),
+    ("debfaq-11.3", "supports", "handles"),
+    ("debfaq-3.1.13", "best", "safest"),
+    ("debfaq-5.11", "free", "open"),
+]
+# (id, old, new): one word inserted or deleted.
+_INSERTIONS_AND_DELETIONS = [
+    ("pyfaq-programming-0004", "standard library", "standard Python library"),
+    ("pyfaq-extending-0007", "PyTuple_Pack() instead", "PyTuple_Pack() function instead"),
+    ("debfaq-11.3", "this, edit", "this, just edit"),
+    ("pyfaq-library-0005", "register function", "function"),
+    ("debfaq-3.1.13", "still confused", "confused"),
+    ("debfaq-5.11", "two free SWF", "two SWF"),
+]
+
+
+@pytest.mark.parametrize(("conv_id", "old", "new"), _SUBSTITUTIONS)
+def test_one_word_substitution_in_a_short_support_exchange_is_a_near_duplicate(
+    support_faq, conv_id, old, new
+):
+    text = support_faq[conv_id]
+    assert 20 <= len(_WORD.findall(text)) <= 30  # a two-turn exchange of about 25 words
+    edited = _edit_one_word(text, old, new)
+    assert jaccard(_word_3grams(text), _word_3grams(edited)) < 0.8  # what word 3-grams missed
+    assert jaccard(shingles(text), shingles(edited)) >= 0.8
+    assert near_duplicate_clusters([text, edited]) == [0, 0]
+
+
+@pytest.mark.parametrize(("conv_id", "old", "new"), _INSERTIONS_AND_DELETIONS)
+def test_one_word_insertion_or_deletion_in_a_short_support_exchange_is_a_near_duplicate(
+    support_faq, conv_id, old, new
+):
+    text = support_faq[conv_id]
+    assert 20 <= len(_WORD.findall(text)) <= 30
+    edited = _edit_one_word(text, old, new)
+    assert jaccard(shingles(text), shingles(edited)) >= 0.8
+    assert near_duplicate_clusters([text, edited]) == [0, 0]
+
+
+def test_edited_copies_join_their_own_exchange_and_nothing_else_merges(support_faq):
+    ids = list(support_faq)
+    texts = list(support_faq.values())
+    edits = _SUBSTITUTIONS + _INSERTIONS_AND_DELETIONS
+    copies = [_edit_one_word(support_faq[conv_id], old, new) for conv_id, old, new in edits]
+    reps = near_duplicate_clusters(texts + copies)
+    assert reps[: len(texts)] == list(range(len(texts)))
+    assert [ids[rep] for rep in reps[len(texts) :]] == [conv_id for conv_id, _, _ in edits]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("pyfaq-extending-0001", "pyfaq-extending-0002"),  # functions in C / in C++
+        ("pyfaq-general-0001", "pyfaq-installed-0001"),  # "What is Python?", twice
+        ("pyfaq-programming-0026", "pyfaq-programming-0027"),  # string to number / back
+        ("debfaq-6.5", "debfaq-6.6"),  # what the testing / unstable distribution contains
+    ],
+)
+def test_different_answers_to_similar_questions_are_not_merged(support_faq, first, second):
+    questions = [_question(support_faq[i]) for i in (first, second)]
+    assert jaccard(*(shingles(q) for q in questions)) >= 0.5
+    texts = [support_faq[first], support_faq[second]]
+    assert jaccard(shingles(texts[0]), shingles(texts[1])) < 0.3
+    assert near_duplicate_clusters(texts) == [0, 1]
+
+
+def test_the_support_faq_holds_no_near_duplicates(support_faq):
+    """Its ~300 exchanges are all distinct: the closest two are far below the threshold."""
+    sets = [shingles(text) for text in support_faq.values()]
+    assert max(jaccard(a, b) for a, b in itertools.combinations(sets, 2)) < 0.3
+    texts = list(support_faq.values())
+    assert near_duplicate_clusters(texts) == list(range(len(texts)))
