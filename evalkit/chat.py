@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+IGNORE = -100  # the label of a token not learned or scored (PyTorch's ignore_index)
 _GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 
 

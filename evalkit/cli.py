@@ -821,9 +821,6 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # MKL's results otherwise depend on memory alignment, so a run resumed in another process
-    # could differ in the last bit; set before torch loads MKL.
-    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:

@@ -6,7 +6,6 @@ same clear error everywhere. What identifies a model is in :mod:`evalkit.provena
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,52 +85,3 @@ def load_model(
         ) from exc
     model.to(pick_device(device)).eval()
     return model, tokenizer
-
-
-def output_layer_split(model):
-    """``(body, output layer)`` of a causal LM whose logits may be ``output(body(...)[0])``, or
-    None.
-
-    Scoring or training through them runs the output layer only where a token is scored:
-    padding, context and masked positions cost no vocabulary-wide logits. Models that change
-    the logits afterwards (soft-capping, scaling) do not fit; callers compare the two ways on
-    a few rows before taking this one.
-    """
-    import torch
-
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if not isinstance(head, torch.nn.Linear) or not isinstance(body, torch.nn.Module):
-        return None
-    return body, head
-
-
-def base2_output_layer(head: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The output layer's weight and bias scaled by log2(e): its logits in base 2.
-
-    A log-sum-exp over the vocabulary then takes exp2, which runs about twice as fast as exp
-    on the CPU (AVX2), and the scaling costs a pass over the weights, not over the logits.
-    Differentiable: gradients reach the layer's parameters.
-    """
-    bias = None if head.bias is None else head.bias * math.log2(math.e)
-    return head.weight * math.log2(math.e), bias
-
-
-def exp_needs_no_shift(states: torch.Tensor, head: torch.nn.Linear) -> bool:
-    """Whether exp of every logit of ``head(states)`` can neither overflow in a sum over the
-    vocabulary nor underflow to zero, so a log-sum-exp needs no max pass.
-
-    |logit| <= |state| * max |weight row| + max |bias|, which must stay within ±(87 - ln
-    vocabulary) (float32's exp range). Off the CPU the answer is always no: reading it back
-    would make the host wait for the device at every batch, and a max pass costs little there.
-    """
-    import torch
-
-    if states.device.type != "cpu":
-        return False
-    with torch.no_grad():
-        rows = torch.linalg.vector_norm(states.float(), dim=1)
-        bound = rows * torch.linalg.vector_norm(head.weight.float(), dim=1).max()
-        if head.bias is not None:
-            bound += head.bias.abs().max().float()
-        return bool((bound < 87 - math.log(head.weight.shape[0])).all())

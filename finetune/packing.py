@@ -13,9 +13,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evalkit.chat import assistant_masks
-
-IGNORE = -100
+from evalkit.chat import IGNORE, assistant_masks
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,6 @@ from hypothesis import strategies as st
 
 from evalkit.models import load_model
 from evalkit.perplexity import (
-    PADDING_SLACK,
-    _token_batches,
     bits_per_byte,
     byte_perplexity,
     context_length,
@@ -142,32 +140,15 @@ def test_a_tokenizer_that_changes_texts_in_python_encodes_by_its_own_call(micro_
     assert encode_texts(tokenizer, texts)[3] == [bos, *tokenizer("hello world").input_ids]
 
 
-def test_batch_size_and_padding_do_not_change_the_result(micro_model):
+@pytest.mark.parametrize("fast", [False, True])
+def test_batch_size_and_padding_do_not_change_the_result(micro_model, fast):
     model, tokenizer = load_model(micro_model, device="cpu")
-    one = text_nll(model, tokenizer, TEXTS, batch_size=1)
-    many = text_nll(model, tokenizer, TEXTS, batch_size=4)
+    one = text_nll(model, tokenizer, TEXTS, batch_size=1, fast=fast)
+    many = text_nll(model, tokenizer, TEXTS, batch_size=4, fast=fast)
     assert [s.tokens for s in one] == [s.tokens for s in many]
     assert [s.nll for s in many] == pytest.approx([s.nll for s in one], rel=1e-5, abs=1e-6)
     assert one[4].nll == 0 and one[4].tokens == 0  # nothing to score in an empty text
     assert context_length(model, tokenizer) == 64
-
-
-@given(st.lists(st.integers(1, 300), max_size=400), st.sampled_from([256, 4096]), st.integers(1, 4))
-def test_token_batches_hold_each_row_once_within_budget_little_padding(widths, budget, workers):
-    rows = sorted(((i, 0, w + 1, 1) for i, w in enumerate(widths)), key=lambda r: r[1] - r[2])
-    batches = _token_batches(rows, budget, workers)
-    assert [r for batch in batches for r in batch] == rows  # in order, each once
-    if rows and workers == 1:  # the first batch is as large as the budget allows: fails fast
-        assert len(batches[0]) == min(len(rows), max(1, budget // (rows[0][2] - 1)))
-    for batch in batches:
-        width = batch[0][2] - 1
-        padded = len(batch) * width
-        padding = padded - sum(r[2] - 1 for r in batch)
-        assert len(batch) == 1 or padded <= budget
-        if batch is not batches[0]:
-            assert len(batch) == 1 or padding <= max(PADDING_SLACK * padded, budget // 32)
-    if workers > 1 and len(batches) > 2 * workers:  # the last batches are the smaller ones
-        assert sum(r[2] - 1 for r in batches[-1]) <= max(budget // 8, batches[-1][0][2] - 1)
 
 
 def _per_token_nll(model, seq, max_length, stride):
@@ -182,8 +163,9 @@ def _per_token_nll(model, seq, max_length, stride):
     return nll
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("stride", [None, 16])
-def test_target_masks_score_only_the_marked_positions(micro_model, stride):
+def test_target_masks_score_only_the_marked_positions(micro_model, stride, fast):
     model, tokenizer = load_model(micro_model, device="cpu")
     sequences = encode_texts(tokenizer, TEXTS)
     assert max(map(len, sequences)) > 2 * 64  # some go through several windows
@@ -192,7 +174,7 @@ def test_target_masks_score_only_the_marked_positions(micro_model, stride):
     masks[0] = [True] * len(sequences[0])  # all: the unmasked result, the prefix still unscored
     masks[1] = [False] * len(sequences[1])  # none
     scores = sequence_nll(
-        model, sequences, max_length=64, stride=stride, batch_size=3, target_masks=masks
+        model, sequences, max_length=64, stride=stride, batch_size=3, target_masks=masks, fast=fast
     )
     for seq, mask, (nll, count) in zip(sequences, masks, scores):
         per_token = _per_token_nll(model, seq, 64, stride or 64)
@@ -219,50 +201,6 @@ def test_bf16_autocast_stays_close(micro_model):
     assert [s.nll for s in fast] == pytest.approx([s.nll for s in exact], rel=0.05)
 
 
-def test_cpu_workers_change_neither_results_nor_settings(micro_model, monkeypatch):
-    """Worker threads (small models) and one batch at a time (large ones) agree; torch's thread
-    count and the model's modules are as they were afterwards."""
-    import evalkit.perplexity
-
-    model, tokenizer = load_model(micro_model, device="cpu")
-    modules = [type(m) for m in model.modules()]
-    threads = torch.get_num_threads()
-    pooled = text_nll(model, tokenizer, TEXTS, batch_size=1)
-    assert torch.get_num_threads() == threads
-    assert [type(m) for m in model.modules()] == modules
-    monkeypatch.setattr(evalkit.perplexity, "SMALL_MODEL_PARAMETERS", 0)
-    sequential = text_nll(model, tokenizer, TEXTS, batch_size=1)
-    assert [s.nll for s in pooled] == pytest.approx([s.nll for s in sequential], rel=1e-6)
-
-
-@pytest.mark.parametrize("scale", [1.0, 100.0])
-def test_output_layer_apart_equals_the_whole_model(micro_model, monkeypatch, scale):
-    """Scoring from the body's states with the output layer run by chunks changes nothing,
-    with the log-sum-exp unshifted (small logits) or shifted by the maximum (large ones)."""
-    import evalkit.models
-    import evalkit.perplexity
-
-    model, tokenizer = load_model(micro_model, device="cpu")
-    split_nll, split_batches = evalkit.perplexity._split_nll, []
-
-    def counted(*args):
-        split_batches.append(1)
-        return split_nll(*args)
-
-    monkeypatch.setattr(evalkit.perplexity, "_split_nll", counted)
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(scale)
-        ids = torch.tensor([tokenizer("Hello there, how are you?")["input_ids"]])
-        largest = model(input_ids=ids).logits.abs().max().item()
-    assert (largest > 100) == (scale > 1)  # past the unshifted range (87 - ln vocabulary)
-    assert evalkit.models.output_layer_split(model) is not None
-    apart = text_nll(model, tokenizer, TEXTS, batch_size=2)
-    assert len(split_batches) > 1  # the probe, then the batches: the split passed its check
-    monkeypatch.setattr(evalkit.models, "output_layer_split", lambda model: None)
-    whole = text_nll(model, tokenizer, TEXTS, batch_size=2)
-    assert [s.nll for s in apart] == pytest.approx([s.nll for s in whole], rel=1e-6, abs=1e-6)
-
-
 def test_a_model_that_changes_its_logits_is_scored_whole(micro_model):
     """Scaled logits (as Granite's ``logits_scaling``) are not the output layer's."""
     model, tokenizer = load_model(micro_model, device="cpu")
@@ -276,7 +214,7 @@ def test_a_model_that_changes_its_logits_is_scored_whole(micro_model):
 
     model.forward = scaled
     sequences = encode_texts(tokenizer, TEXTS[:4])
-    scores = sequence_nll(model, sequences, max_length=64)
+    scores = sequence_nll(model, sequences, max_length=64)  # the fast path checks itself
     for seq, (nll, count) in zip(sequences, scores):
         per_token = _per_token_nll(model, seq, 64, 64)
         assert count == len(seq) - 1

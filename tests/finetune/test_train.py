@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -116,6 +116,32 @@ def test_interrupted_run_resumes_exactly(micro_model, topics_dataset, tmp_path):
     assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == list(
         range(1, steps + 1)
     )
+
+
+def _train_in_a_new_process(cfg: TrainConfig, resume: bool = False, env: dict | None = None):
+    """``train()`` called from Python in a process of its own, with no MKL setting given."""
+    code = (
+        "import json, sys; from finetune.train import TrainConfig, train; "
+        "train(TrainConfig(**json.loads(sys.argv[1])), resume=sys.argv[2] == 'yes')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"} | (env or {})
+    args = [sys.executable, "-c", code, json.dumps(asdict(cfg)), "yes" if resume else "no"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_train_from_python_resumes_exactly_in_another_process(
+    micro_model, topics_dataset, tmp_path
+):
+    """Whatever makes resume exact is set by train() itself, not by the CLI."""
+    steps = dict(schedule="constant", eval_every=100, save_every=100)  # no step depends on the end
+    whole = config(micro_model, topics_dataset, tmp_path / "whole", max_steps=8, **steps)
+    _train_in_a_new_process(whole)
+    part = config(micro_model, topics_dataset, tmp_path / "part", max_steps=4, **steps)
+    _train_in_a_new_process(part)
+    _train_in_a_new_process(replace(part, max_steps=8), resume=True)
+    wa, wb = weights(whole.out), weights(part.out)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_lora_is_merged_into_a_plain_model(micro_model, topics_dataset, tmp_path):

@@ -4,15 +4,16 @@ import pytest
 import torch
 from transformers.activations import GELUTanh
 
-import evalkit.fusion
-from evalkit.fusion import FusedGPT2MLP, OneDNNLinear, fast_layers
+from evalkit.accel import layers
+from evalkit.accel.layers import FusedGPT2MLP, OneDNNLinear, fast_layers
 from evalkit.models import load_model
 from evalkit.perplexity import text_nll
 
 TEXTS = ["Hello there, how are you today?", "I like green tea.\nMe too!", "ok"] * 3
 
 needs_onednn = pytest.mark.skipif(
-    evalkit.fusion._onednn_linear() is None, reason="this PyTorch build has no oneDNN linear op"
+    layers._onednn_linear() is None,
+    reason="this PyTorch build has no oneDNN linear op",
 )
 
 
@@ -57,20 +58,21 @@ def test_onednn_linear_is_f_linear():
     x, weight, bias = torch.randn(128, 64), torch.randn(4096, 64), torch.randn(4096)
     for b in (None, bias):
         torch.testing.assert_close(
-            evalkit.fusion.onednn_linear(x, weight, b), torch.nn.functional.linear(x, weight, b)
+            layers.onednn_linear(x, weight, b),
+            torch.nn.functional.linear(x, weight, b),
         )
 
 
 def test_onednn_is_only_for_float32_on_the_cpu(micro_model):
     model, _ = load_model(micro_model, device="cpu")
-    assert evalkit.fusion.onednn_ready(model) == (evalkit.fusion._onednn_linear() is not None)
-    assert not evalkit.fusion.onednn_ready(model.double())
+    assert layers.onednn_ready(model) == (layers._onednn_linear() is not None)
+    assert not layers.onednn_ready(model.double())
 
 
 def test_sigmoid_gelu_is_the_tanh_gelu():
     x = torch.cat([torch.linspace(-30, 30, 20001), torch.tensor([-1e20, 1e20, 0.0])])
     reference = torch.nn.functional.gelu(x, approximate="tanh")
-    torch.testing.assert_close(evalkit.fusion.sigmoid_gelu_(x.clone()), reference)
+    torch.testing.assert_close(layers.sigmoid_gelu_(x.clone()), reference)
 
 
 @needs_onednn
@@ -102,8 +104,7 @@ def test_scores_are_the_same_with_and_without_fast_layers(micro_model, monkeypat
     )
     fast = text_nll(model, tokenizer, TEXTS)
     assert calls  # the swapped layers passed their check and scored
-    monkeypatch.setattr(evalkit.fusion, "_swaps", lambda *args: [])
-    plain = text_nll(model, tokenizer, TEXTS)
+    plain = text_nll(model, tokenizer, TEXTS, fast=False)
     assert [s.nll for s in fast] == pytest.approx([s.nll for s in plain], rel=1e-6)
 
 
@@ -113,7 +114,7 @@ def test_each_swap_alone_keeps_the_outputs(micro_model):
     while the swaps are made or undone sees a consistent model (the MLP is replaced whole)."""
     model, _ = load_model(micro_model, device="cpu")
     reference = _logits(model)
-    swaps = evalkit.fusion._swaps(model, onednn=True)
+    swaps = layers._swaps(model, onednn=True)
     assert len(swaps) > 4
     for parent, name, replacement in swaps:
         original = getattr(parent, name)

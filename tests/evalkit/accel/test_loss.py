@@ -3,8 +3,10 @@ import contextlib
 import pytest
 import torch
 
-from evalkit.models import exp_needs_no_shift, load_model
-from finetune.loss import TargetNLL, probe, summed_nll, target_nll
+from evalkit.accel.loss import TargetNLLApart, fast_loss
+from evalkit.accel.output_layer import exp_needs_no_shift, output_layer_split, summed_nll
+from evalkit.models import load_model
+from finetune.loss import TargetNLL
 from finetune.packing import collate, encode, pack
 from finetune.train import _read_split
 
@@ -28,8 +30,7 @@ def _loss_and_grads(loss, batch):
 def test_output_layer_apart_gives_the_same_loss_and_gradients(batch_and_model):
     batch, model = batch_and_model
     torch.manual_seed(0)  # the micro model has no dropout; seed anyway
-    apart = TargetNLL(model, apart=True)
-    assert apart.split is not None
+    apart = TargetNLLApart(model, output_layer_split(model))
     nll_apart, count_apart, grads_apart = _loss_and_grads(apart, batch)
     nll_whole, count_whole, grads_whole = _loss_and_grads(TargetNLL(model), batch)
     masked = (batch["labels"][:, 1:] == -100).sum().item()
@@ -42,12 +43,11 @@ def test_output_layer_apart_gives_the_same_loss_and_gradients(batch_and_model):
 def test_logits_changed_after_the_output_layer_keep_the_whole_model(batch_and_model):
     batch, model = batch_and_model
 
-    def chosen():
-        reference = probe(TargetNLL(model), batch, contextlib.nullcontext)
-        return target_nll(model, batch, contextlib.nullcontext, reference, bf16=False)
+    def apart() -> bool:
+        with fast_loss(TargetNLL(model), batch, contextlib.nullcontext, bf16=False) as loss:
+            return isinstance(loss, TargetNLLApart)
 
-    plain = chosen()
-    assert plain.split is not None
+    assert apart()
     forward = model.forward
 
     def soft_capped(*args, **kwargs):
@@ -56,7 +56,7 @@ def test_logits_changed_after_the_output_layer_keep_the_whole_model(batch_and_mo
         return out
 
     model.forward = soft_capped
-    assert chosen().split is None
+    assert not apart()
 
 
 def test_no_shift_bound_is_not_read_back_off_the_cpu():
