@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit.evaluate import score_generations
 from evalkit.gate import load_spec, run_gate, write_reports
 from evalkit.metrics import REFERENCE_METRICS
 from evalkit.results import ExampleResult, add_results, create_run, finish_run
 from evalkit.store import open_store
+from evalkit.tasks import score_generations
 from finetune.data.corpora import load_chitchat
 
 SUITE = {

@@ -33,28 +33,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from string import Template
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-TASK = "evalkit_bench_ppl"
+# The task, shared with the parity test; its file name is the task's name.
+TASK_YAML = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval" / "evalkit_ppl.yaml"
+TASK = TASK_YAML.stem
 LM_EVAL_DEFAULT_BATCH_SIZE = 1  # lm_eval's --batch_size when none is given
-TASK_YAML = """\
-task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-should_decontaminate: false
-metric_list:
-  - metric: word_perplexity
-  - metric: byte_perplexity
-  - metric: bits_per_byte
-"""
 
 
 def chitchat_texts(n: int) -> list[str]:
@@ -163,7 +150,8 @@ def main() -> None:
         data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
         tasks = tmp / "tasks"
         tasks.mkdir()
-        (tasks / f"{TASK}.yaml").write_text(TASK_YAML.format(task=TASK, data=data))
+        task = Template(TASK_YAML.read_text()).substitute(data=data, cache=tmp / "hf-datasets")
+        (tasks / TASK_YAML.name).write_text(task)
         task_manager = TaskManager(include_path=str(tasks), include_defaults=False)
         run_lm_eval(model_dir, task_manager, 8)  # warm-up: imports, the datasets cache
 

@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from finetune.data.corpora import CORPORA, write_jsonl
+from evalkit.workspace import write_jsonl
+from finetune.data.corpora import CORPORA
 from finetune.data.prepare import PrepareConfig, prepare
 
 TARGET_SECONDS = 60.0

@@ -85,7 +85,7 @@ def run_evalkit(base: str, data: Path, out: Path) -> tuple[float, Path]:
             log_every=5,
             seed=SEED,
         )
-    )
+    ).run
     lines = (run / "metrics.jsonl").read_text().splitlines()
     rates = [json.loads(x)["tokens_per_s"] for x in lines]
     return sum(rates[1:]) / len(rates[1:]), run / "model"  # the first window holds warm-up
@@ -146,9 +146,9 @@ def main() -> None:
     modes = args.trl_modes.split(",")
     if not modes or set(modes) - set(TRL_MODES):
         parser.error(f"--trl-modes: a comma-separated list of {', '.join(TRL_MODES)}")
-    from evalkit.workspace import open_workspace
+    from evalkit.workspace import open_workspace, write_jsonl
     from finetune.base_model import build_base_model, read_metadata
-    from finetune.data.corpora import load_chitchat, write_jsonl
+    from finetune.data.corpora import load_chitchat
     from finetune.data.prepare import PrepareConfig, prepare
     from finetune.packing import encode
     from finetune.train import _read_split

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -32,7 +31,8 @@ def _positive(text: str) -> int:
 
 
 def _cmd_data_corpus(args: argparse.Namespace) -> None:
-    from finetune.data.corpora import load_corpus, write_jsonl
+    from evalkit.workspace import write_jsonl
+    from finetune.data.corpora import load_corpus
 
     count = write_jsonl(load_corpus(args.name), args.out)
     print(f"wrote {count} conversations of {args.name} to {args.out}")
@@ -136,6 +136,7 @@ TRAIN_HELP = {
     "save_every": "checkpoint every N steps",
     "log_every": "a line in metrics.jsonl every N steps",
     "device": "cpu, cuda or cuda:N (default: CUDA when present)",
+    "fast": "speedups checked against the plain path (default: on unless EVALKIT_FAST=0)",
 }
 
 
@@ -150,15 +151,16 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; defaults stay in the dataclass (None = not given)."""
     from dataclasses import MISSING, fields
 
-    from finetune.train import TrainConfig
+    from finetune.train import TrainConfig, option_types
 
+    types = option_types()
     for f in fields(TrainConfig):
         if f.name not in TRAIN_HELP:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        help_text = f"{TRAIN_HELP[f.name]} (default: {default})"
-        if isinstance(default, bool):
+        help_text = TRAIN_HELP[f.name] + (f" (default: {default})" if default is not None else "")
+        if types[f.name] is bool:
             parser.add_argument(
                 flag,
                 dest=f.name,
@@ -167,8 +169,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
                 help=help_text,
             )
         else:
-            kind = {"int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+            parser.add_argument(flag, dest=f.name, type=types[f.name], default=None, help=help_text)
 
 
 def _train_config(args: argparse.Namespace):
@@ -190,11 +191,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     for name in ("base", "data", "out"):
         if not getattr(config, name):
             raise EvalkitError(f"--{name} is required (or set it in --config)")
-    run = train(config, resume=args.resume)
-    summary = json.loads((run / "summary.json").read_text())
-    best = summary["best_val_loss"]
-    ppl = f", best validation perplexity {math.exp(best):.2f}" if best is not None else ""
-    print(f"run: {run} ({summary['steps']} steps{ppl}); model: {run / 'model'}")
+    print(train(config, resume=args.resume).describe())
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -220,34 +217,16 @@ def _store(args: argparse.Namespace) -> Path:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from evalkit.evaluate import run_suite
-    from evalkit.results import get_run
-    from evalkit.store import open_store
 
-    store = _store(args)
-    run_id = run_suite(
+    done = run_suite(
         args.suite,
         args.model,
-        store,
+        _store(args),
         name=args.name,
         batch_size=args.batch_size,
         device=args.device,
     )
-    with open_store(store) as con:
-        run = get_run(con, run_id)
-        queued = None
-        if any(t.get("type") == "rating_sample" for t in run["suite"].get("tasks", [])):
-            queued = con.execute(
-                "SELECT count(*) FROM rating_items WHERE batch = ?", [run_id]
-            ).fetchone()[0]
-    print(f"run {run_id} complete ({run['suite_name']}, model {run['model_hash'][:12]})")
-    for task, values in run["summary"].items():
-        if isinstance(values, dict):
-            shown = ", ".join(
-                f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, float | int)
-            )
-            print(f"  {task}: {shown}")
-    if queued is not None:
-        print(f"  queued {queued} responses for rating (`evalkit rate status`)")
+    print(done.describe())
 
 
 def _cmd_runs(args: argparse.Namespace) -> None:
@@ -290,9 +269,8 @@ def _cmd_score(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from evalkit.compare import compare_runs, interval_label
+    from evalkit.compare import compare_runs
     from evalkit.gate import GateSpec, load_spec, too_small_to_detect
-    from evalkit.metrics import DEGENERATION_FLAGS
     from evalkit.store import open_store
 
     spec = load_spec(args.spec) if args.spec else GateSpec([])
@@ -313,47 +291,21 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         data = comparison.to_dict() | {"warnings": warnings}
         print(json.dumps(data, indent=2, default=str))
         return
-    rows = [("", comparison.metrics)] + [
-        (f"{field}={value}", metrics)
-        for field, values in comparison.breakdown.items()
-        for value, metrics in values.items()
-    ]
-    for title, metrics in rows:
-        if title:
-            print(f"\n{title}")
-        print(
-            f"{'task':<24} {'metric':<16} {'baseline':>10} {'candidate':>10} {'diff':>10} "
-            f"{interval_label(spec.alpha):>22} {'p':>7} {'detectable':>10}  note"
-        )
-        for m in metrics:
-            ci = f"[{m.low:.4g}, {m.high:.4g}]"
-            note = "significant" if m.significant else ""
-            if m.metric in DEGENERATION_FLAGS:  # flagged responses, counted
-                counts = f"{round(m.baseline * m.n)} -> {round(m.candidate * m.n)} of {m.n}"
-                note = f"{counts}, {note}" if note else counts
-            print(
-                f"{m.task:<24} {m.metric:<16} {m.baseline:>10.4g} {m.candidate:>10.4g} "
-                f"{m.difference:>+10.4g} {ci:>22} {m.p_value:>7.3g} {m.min_detectable:>10.3g}  "
-                f"{note}"
-            )
+    print(comparison.table())
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from evalkit.gate import load_spec, record_report, run_gate, write_reports
+    from evalkit.gate import load_spec, record_report, report_name, run_gate, write_reports
     from evalkit.store import open_store
+    from evalkit.workspace import open_workspace
 
     spec = load_spec(args.spec)
-    store = _store(args)
-    with open_store(store) as con:
+    workspace = open_workspace(args.workspace)
+    with open_store(workspace.store_path) as con:
         report = run_gate(con, args.baseline, args.candidate, spec)
-        out = Path(
-            args.out
-            or store.parent
-            / "reports"
-            / f"gate-{report.comparison.baseline['run_id']}-{report.comparison.candidate['run_id']}"
-        )
+        out = Path(args.out) if args.out else workspace.reports_dir / report_name(report)
         paths = write_reports(report, out)
         record_report(con, report, out)
     for r in report.rules:

@@ -18,8 +18,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from evalkit.errors import EvalkitError
-from evalkit.evaluate import metrics_of
-from evalkit.metrics import RunMetric
+from evalkit.metrics import DEGENERATION_FLAGS, RunMetric
 from evalkit.results import complete_run
 from evalkit.stats import ALPHA, MIN_RESAMPLES, N_RESAMPLES, SEED
 from evalkit.stats.significance import (
@@ -29,6 +28,7 @@ from evalkit.stats.significance import (
     permutation_p_values,
 )
 from evalkit.suite import task_name
+from evalkit.tasks import metrics_of
 
 
 def interval_label(alpha: float) -> str:
@@ -167,6 +167,35 @@ class Comparison:
                 },
             }
         )
+
+    def table(self) -> str:
+        """The comparison as text: every metric with its difference, interval, p-value and the
+        smallest difference the sample detects, then the same per slice of each ``by`` field."""
+        sections = [("", self.metrics)] + [
+            (f"{field}={value}", metrics)
+            for field, values in self.breakdown.items()
+            for value, metrics in values.items()
+        ]
+        lines = []
+        for title, metrics in sections:
+            if title:
+                lines += ["", title]
+            lines.append(
+                f"{'task':<24} {'metric':<16} {'baseline':>10} {'candidate':>10} {'diff':>10} "
+                f"{interval_label(self.alpha):>22} {'p':>7} {'detectable':>10}  note"
+            )
+            for m in metrics:
+                ci = f"[{m.low:.4g}, {m.high:.4g}]"
+                note = "significant" if m.significant else ""
+                if m.metric in DEGENERATION_FLAGS:  # flagged responses, counted
+                    counts = f"{round(m.baseline * m.n)} -> {round(m.candidate * m.n)} of {m.n}"
+                    note = f"{counts}, {note}" if note else counts
+                lines.append(
+                    f"{m.task:<24} {m.metric:<16} {m.baseline:>10.4g} {m.candidate:>10.4g} "
+                    f"{m.difference:>+10.4g} {ci:>22} {m.p_value:>7.3g} {m.min_detectable:>10.3g}  "
+                    f"{note}"
+                )
+        return "\n".join(lines)
 
 
 def _run_info(run: dict) -> dict:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evalkit.workspace import open_workspace
+from evalkit.workspace import open_workspace, write_jsonl
 
 
 def run_demo(workspace: str | Path | None = None, *, size: str = "default") -> Path:
     """Run the demo and print what it did; returns the prepared dataset directory."""
     from finetune.base_model import build_base_model, summary
-    from finetune.data.corpora import CORPORA, write_jsonl
+    from finetune.data.corpora import CORPORA
     from finetune.data.prepare import PrepareConfig, prepare
 
     ws = open_workspace(workspace)

@@ -46,16 +46,14 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, check_keys
+from evalkit.tasks import Example, task_type
 
-TASK_TYPES = ("perplexity", "generation", "bias", "rating_sample")
-RATING_SAMPLE_KEYS = ("kind", "slice_field", "per_slice", "seed", "priority", "overlap")
-PERPLEXITY_KEYS = ("max_length", "stride", "scope")
-PERPLEXITY_SCOPES = ("assistant", "all")
-BIAS_KINDS = ("likelihood", "generation")
+SUITE_KEYS = ("name", "seed", "datasets", "tasks")
+DATASET_KEYS = ("path", "limit")
 
 
 @dataclass(frozen=True)
@@ -74,16 +72,6 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
-class Example:
-    """One example of a dataset: a conversation, or a text."""
-
-    id: str
-    messages: list[dict] | None
-    text: str | None
-    metadata: dict
-
-
-@dataclass(frozen=True)
 class Suite:
     name: str
     path: Path
@@ -95,7 +83,7 @@ class Suite:
     def hash(self) -> str:
         digest = hashlib.sha256(json.dumps(self.definition, sort_keys=True).encode())
         files = [self.datasets[name].path for name in sorted(self.datasets)]
-        files += [Path(t.params["probes"]) for t in self.tasks if t.type == "bias"]
+        files += [Path(t.params["probes"]) for t in self.tasks if "probes" in t.params]
         for file in files:
             digest.update(file.name.encode())
             digest.update(hashlib.sha256(file.read_bytes()).digest())
@@ -122,8 +110,12 @@ def load_suite(path: str | Path) -> Suite:
     """Read and check a suite file: every dataset exists, every task is known."""
     path = Path(path)
     definition = read_toml(path, "suite")
+    check_keys(definition, SUITE_KEYS, what="key", where=f"suite {path}")
     datasets = {}
     for name, spec in definition.get("datasets", {}).items():
+        if not isinstance(spec, dict):
+            raise EvalkitError(f"suite {path}: dataset {name!r} must be a [datasets.{name}] table")
+        check_keys(spec, DATASET_KEYS, what="key", where=f"suite {path}: dataset {name!r}")
         if "path" not in spec:
             raise EvalkitError(f"suite {path}: dataset {name!r} has no path")
         data_path = (path.parent / spec["path"]).resolve()
@@ -149,12 +141,9 @@ def load_suite(path: str | Path) -> Suite:
     for i, spec in enumerate(specs, start=1):
         spec = dict(spec)
         kind = spec.pop("type", None)
-        if kind not in TASK_TYPES:
-            raise EvalkitError(
-                f"suite {path}: task {i} has type {kind!r}", hint=f"use {', '.join(TASK_TYPES)}"
-            )
+        kind_of = task_type_or_error(path, i, kind)
         dataset = spec.pop("dataset", None)
-        if kind != "bias" and dataset not in datasets:
+        if kind_of.needs_dataset and dataset not in datasets:
             known = ", ".join(datasets) or "none defined"
             raise EvalkitError(
                 f"suite {path}: task {i} ({kind}) names dataset {dataset!r}",
@@ -162,16 +151,13 @@ def load_suite(path: str | Path) -> Suite:
             )
         name = task_name({"type": kind, "dataset": dataset, **spec})
         spec.pop("name", None)
-        if kind == "bias":
+        if "probes" in kind_of.params():
             spec["probes"] = _probe_file(path, spec.get("probes"))
         tasks.append(TaskSpec(name, kind, dataset, spec))
     if not tasks:
         raise EvalkitError(f"suite {path} defines no [[tasks]]")
     for task in tasks:
-        if task.type == "rating_sample":
-            _check_rating_sample(path, task, tasks)
-        else:
-            _check_task(path, task)
+        _check_task(path, task, tasks)
     names = [t.name for t in tasks]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
@@ -190,67 +176,24 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _check_task(path: Path, task: TaskSpec) -> None:
-    """A perplexity, generation or bias task takes only its own keys, with valid values, so a
-    misspelt key is an error at once rather than a default silently used."""
-    from evalkit.generation import DecodingConfig, decoding_config
-    from evalkit.metrics import GENERATION_METRICS
-
-    decoding = {f.name for f in fields(DecodingConfig)}
-    keys = {
-        "perplexity": set(PERPLEXITY_KEYS),
-        "generation": decoding | {"metrics"},
-        "bias": decoding | {"probes", "kind"},
-    }[task.type]
-    where = f"suite {path}: task {task.name}"
-    unknown = sorted(set(task.params) - keys)
-    if unknown:
-        raise EvalkitError(
-            f"{where} has unknown key(s) {', '.join(unknown)}",
-            hint=f"a {task.type} task takes {', '.join(sorted(keys))}",
-        )
-    params = task.params
-    for key in ("max_length", "stride"):
-        if key in params and not _positive_int(params[key]):
-            raise EvalkitError(f"{where}: {key} {params[key]!r} is not a whole number >= 1")
-    if params.get("scope", "assistant") not in PERPLEXITY_SCOPES:
-        raise EvalkitError(
-            f"{where}: scope {params['scope']!r}", hint=f"use {' or '.join(PERPLEXITY_SCOPES)}"
-        )
-    if params.get("kind", "likelihood") not in BIAS_KINDS:
-        raise EvalkitError(f"{where}: kind {params['kind']!r}", hint=" or ".join(BIAS_KINDS))
-    metrics = params.get("metrics", [])
-    if not isinstance(metrics, list) or not set(metrics) <= set(GENERATION_METRICS):
-        raise EvalkitError(
-            f"{where}: metrics {metrics!r}", hint=f"a list of {', '.join(GENERATION_METRICS)}"
-        )
-    if task.type != "perplexity":
-        try:
-            decoding_config(params)
-        except EvalkitError as exc:
-            raise EvalkitError(f"{where}: {exc}") from None
-
-
-def _check_rating_sample(path: Path, task: TaskSpec, tasks: list[TaskSpec]) -> None:
-    """A rating sample needs generated responses and takes only the queue's selection keys."""
-    if not any(t.type == "generation" and t.dataset == task.dataset for t in tasks):
-        raise EvalkitError(
-            f"suite {path}: task {task.name} samples dataset {task.dataset!r} for rating, "
-            "but no generation task runs on it",
-            hint="add a [[tasks]] of type generation on that dataset",
-        )
-    unknown = sorted(set(task.params) - set(RATING_SAMPLE_KEYS))
-    if unknown:
-        raise EvalkitError(
-            f"suite {path}: task {task.name} has unknown key(s) {', '.join(unknown)}",
-            hint=f"a rating sample takes {', '.join(RATING_SAMPLE_KEYS)}",
-        )
-    from evalkit.rating.sources import Selection
-
+def task_type_or_error(path: Path, number: int, kind):
+    """The registered type of the suite's task ``number``."""
     try:
-        Selection(**task.params)
-    except (EvalkitError, TypeError) as exc:
-        raise EvalkitError(f"suite {path}: task {task.name}: {exc}") from None
+        return task_type(kind)
+    except EvalkitError as exc:
+        raise EvalkitError(f"suite {path}: task {number}: {exc.message}", hint=exc.hint) from None
+
+
+def _check_task(path: Path, task: TaskSpec, tasks: list[TaskSpec]) -> None:
+    """A task takes only its type's keys, with valid values, so a misspelt key is an error at
+    once rather than a default silently used."""
+    kind = task_type(task.type)
+    where = f"suite {path}: task {task.name}"
+    check_keys(task.params, kind.params(), what=f"{task.type} key", where=where)
+    try:
+        kind.check(task, tasks)
+    except EvalkitError as exc:
+        raise EvalkitError(f"{where}: {exc.message}", hint=exc.hint) from None
 
 
 def _probe_file(suite: Path, given: str | None) -> str:

@@ -15,7 +15,10 @@ The folder is chosen by, in order: an explicit path (the CLI's ``--workspace``),
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from evalkit.errors import EvalkitError
 
 ENV_VAR = "EVALKIT_WORKSPACE"
 DEFAULT_DIR = ".evalkit"
-SUBDIRS = ("models", "datasets", "runs", "events")
+SUBDIRS = ("models", "datasets", "runs", "events", "reports")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class Workspace:
     def events_dir(self) -> Path:
         return self.root / "events"
 
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
 
 def open_workspace(path: str | os.PathLike | None = None) -> Workspace:
     """Resolve the workspace folder, create its layout and check that it can be written."""
@@ -66,3 +73,58 @@ def open_workspace(path: str | os.PathLike | None = None) -> Workspace:
             hint=f"pass --workspace DIR or set {ENV_VAR} to a folder you can write",
         ) from exc
     return Workspace(root.resolve())
+
+
+def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> int:
+    """Write rows one JSON object per line and return how many.
+
+    The rows go to ``PATH.partial``, renamed to ``PATH`` at the end, so a reader never sees
+    half a file; a failed write removes the partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    count = 0
+    try:
+        with partial.open("w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def atomic_dir(
+    final: Path, write: Callable[[Path], None], *, hint: str = "free disk space and try again"
+) -> None:
+    """Have ``write`` fill a temporary directory, then rename it to ``final``: never half of one.
+
+    A failed write (a full disk shows as ``OSError``, or as ``RuntimeError`` from
+    ``torch.save`` and ``SafetensorError`` from safetensors) leaves the previous ``final``
+    intact and raises an EvalkitError naming the path and the free space. The temporary names
+    carry the process id, so two processes writing the same directory do not collide.
+    """
+    from safetensors import SafetensorError
+
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(final.parent if final.parent.exists() else ".").free
+        raise EvalkitError(
+            f"cannot write {final}: {getattr(exc, 'strerror', None) or exc} "
+            f"({free / 2**20:,.0f} MiB free on its disk)",
+            hint=hint,
+        ) from exc
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)  # renames, not a slow delete, between the two versions
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -11,14 +11,12 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
-from evalkit.workspace import Workspace
+from evalkit.workspace import Workspace, atomic_dir
 from finetune.data.split import seeded_key
 
 log = logging.getLogger(__name__)
@@ -249,24 +247,22 @@ def build_base_model(
         "validation_bits_per_byte": round(bits_per_byte(nll, nbytes), 4),
         **stats,
     }
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    n_params = sum(p.numel() for p in model.parameters())
-    metadata = {
-        "config": asdict(config),
-        "parameters": n_params,
-        "train_conversations": len(train),
-        "metrics": metrics,
-        "model_hash": model_hash(tmp),
-        "chat_template_fingerprint": chat_template_fingerprint(tokenizer),
-        "torch": torch.__version__,
-    }
-    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        metadata = {
+            "config": asdict(config),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_conversations": len(train),
+            "metrics": metrics,
+            "model_hash": model_hash(tmp),
+            "chat_template_fingerprint": chat_template_fingerprint(tokenizer),
+            "torch": torch.__version__,
+        }
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+    atomic_dir(out, write)
     return out
 
 

@@ -11,11 +11,11 @@ import itertools
 import json
 import math
 import random
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from evalkit.errors import EvalkitError
-from finetune.train import TrainConfig, train
+from evalkit.errors import EvalkitError, unknown_name
+from finetune.train import TrainConfig, option_types, train
 
 METHODS = ("grid", "random", "optuna")
 _NOT_SWEPT = {"base", "data", "out", "device"}
@@ -23,7 +23,7 @@ _NOT_SWEPT = {"base", "data", "out", "device"}
 
 def parse_space(specs: list[str]) -> dict[str, list]:
     """``["learning_rate=1e-3,3e-4", "lora=true,false"]`` -> typed choices per option."""
-    types = {f.name: str(f.type).replace(" | None", "") for f in fields(TrainConfig)}
+    types = option_types()
     space: dict[str, list] = {}
     for spec in specs:
         name, sep, values = spec.partition("=")
@@ -31,12 +31,8 @@ def parse_space(specs: list[str]) -> dict[str, list]:
         if not sep or not values:
             raise EvalkitError(f"--param {spec!r}: expected NAME=VALUE[,VALUE...]")
         if name not in types or name in _NOT_SWEPT:
-            import difflib
-
-            close = difflib.get_close_matches(name, types, n=1)
-            raise EvalkitError(
-                f"--param {spec!r}: {name!r} is not a training option",
-                hint=f"did you mean: {close[0]}?" if close else "see `finetune train --help`",
+            raise unknown_name(
+                "sweep option", name, set(types) - _NOT_SWEPT, where=f"--param {spec!r}"
             )
         space[name] = [_typed(v.strip(), types[name], spec) for v in values.split(",")]
     if not space:
@@ -44,15 +40,15 @@ def parse_space(specs: list[str]) -> dict[str, list]:
     return space
 
 
-def _typed(value: str, kind: str, spec: str):
+def _typed(value: str, kind: type, spec: str):
     try:
-        if kind == "bool":
+        if kind is bool:
             if value.lower() not in ("true", "false"):
                 raise ValueError(value)
             return value.lower() == "true"
-        return {"int": int, "float": float}.get(kind, str)(value)
+        return kind(value)
     except ValueError:
-        raise EvalkitError(f"--param {spec!r}: {value!r} is not a {kind}") from None
+        raise EvalkitError(f"--param {spec!r}: {value!r} is not a {kind.__name__}") from None
 
 
 def _run_trial(base: TrainConfig, params: dict, out: Path, index: int) -> dict:

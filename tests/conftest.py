@@ -49,7 +49,8 @@ def micro_model(micro_workspace):
 @pytest.fixture(scope="session")
 def topics_dataset(tmp_path_factory, micro_model):
     """The chatterbot topics, prepared with the micro model's tokenizer (short conversations)."""
-    from finetune.data.corpora import load_topics, write_jsonl
+    from evalkit.workspace import write_jsonl
+    from finetune.data.corpora import load_topics
     from finetune.data.prepare import PrepareConfig, prepare
 
     tmp = tmp_path_factory.mktemp("topics")

@@ -5,15 +5,13 @@
 - On the CPU in float32, where PyTorch has oneDNN: each transformers ``Conv1D`` (GPT-2's linear
   layer) becomes one oneDNN linear op. With AVX-512, the tanh GELU of a GPT-2 MLP is applied
   inside its first linear layer while the output is still in cache, instead of in a pass of
-  its own over an activation four times as wide as the model; with the 1.35M-parameter base
-  model this takes about 15% off the scoring time (``benchmarks/RESULTS.md``). Without
-  AVX-512, tanh is slow in both PyTorch and oneDNN (0.3 G elements/s a core on AVX2, against
-  1 G/s for sigmoid and 1.8 G/s for exp2), and the GELU is taken in place as
+  its own over an activation four times as wide as the model. Without AVX-512, tanh is slow in
+  both PyTorch and oneDNN, much slower than sigmoid and exp2, and the GELU is taken in place as
   ``x * sigmoid(2u)`` instead, the sigmoid by exp2 (:func:`sigmoid_gelu_`).
 
 The math is the same; outputs differ by rounding (~1e-7). The caller checks the swapped model
 against the model as loaded, and keeps the original when they differ. Training uses the fused
-GELU alone (its gradient is PyTorch's; about a tenth off a CPU step of the base model).
+GELU alone (its gradient is PyTorch's). What each saves is measured in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -50,9 +48,8 @@ def onednn_ready(model: torch.nn.Module) -> bool:
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """``F.linear(x, weight, bias)`` as one oneDNN op (float32, CPU, no gradient).
 
-    For an output layer over a small model's width (128 rows of 128 by a 4,096-word
-    vocabulary), a tenth faster than ``F.linear`` (MKL) on the 2-core VM, whole scoring runs
-    interleaved (``benchmarks/RESULTS.md``).
+    For an output layer over a small model's width, faster than ``F.linear`` (MKL) on the CPU
+    (``benchmarks/RESULTS.md``).
     """
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 

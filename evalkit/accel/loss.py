@@ -1,13 +1,12 @@
 """The fast path of the training loss (:class:`finetune.loss.TargetNLL`): the same loss, in less
 time.
 
-- The fused GELU (:func:`evalkit.accel.layers.fast_layers`; its gradient is PyTorch's): about a
-  tenth off a CPU step of the default base model.
+- The fused GELU (:func:`evalkit.accel.layers.fast_layers`; its gradient is PyTorch's).
 - The model's body, then its output layer only at the target positions, with a base-2
   cross-entropy that keeps its exps for the backward pass
   (:func:`evalkit.accel.output_layer.summed_nll`): with the loss on the assistant's tokens, no
   vocabulary-wide logits, log-softmax or gradient are computed at the user, system and padding
-  positions (a fifth of a CPU step of the default base model).
+  positions.
 
 Each is checked on the first batch against the plain loss and left out where they differ by
 more than rounding (models whose logits are not their output layer's, e.g. soft-capping).

@@ -2,7 +2,7 @@
 
 Scoring and training need the vocabulary-wide logits only at the scored (target) positions;
 padding, context and masked positions need none. The logits are taken in base 2, so a
-log-sum-exp over the vocabulary takes exp2 (about twice as fast as exp on the CPU), and the
+log-sum-exp over the vocabulary takes exp2 (faster than exp on the CPU), and the
 training loss keeps its exps for the backward pass instead of a log-softmax.
 """
 
@@ -32,8 +32,8 @@ def output_layer_split(model):
 def base2_output_layer(head: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output layer's weight and bias scaled by log2(e): its logits in base 2.
 
-    A log-sum-exp over the vocabulary then takes exp2, which runs about twice as fast as exp
-    on the CPU (AVX2), and the scaling costs a pass over the weights, not over the logits.
+    A log-sum-exp over the vocabulary then takes exp2, which runs faster than exp on the CPU,
+    and the scaling costs a pass over the weights, not over the logits.
     Differentiable: gradients reach the layer's parameters.
     """
     bias = None if head.bias is None else head.bias * math.log2(math.e)
@@ -89,8 +89,8 @@ def split_nll(split, ids, labels, chunk: int, linear):
 
 def summed_nll(states: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> torch.Tensor:
     """Summed NLL of ``targets`` under ``head(states)``: cross-entropy with fewer passes over
-    the vocabulary-wide logits than PyTorch's (a third of a CPU step of the default base
-    model went to its log-softmax, its backward and the zeroed gradient of the NLL).
+    the vocabulary-wide logits than PyTorch's (its log-softmax, its backward and the zeroed
+    gradient of the NLL took much of a CPU step of a small model).
 
     The logits come in base 2 (:func:`base2_output_layer`), the forward takes
     exp2 once and keeps the result, and the backward turns it into the gradient in place.

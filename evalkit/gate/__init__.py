@@ -40,7 +40,13 @@ from evalkit.gate.judge import (
     run_gate,
     too_small_to_detect,
 )
-from evalkit.gate.report import record_report, render_html, render_markdown, write_reports
+from evalkit.gate.report import (
+    record_report,
+    render_html,
+    render_markdown,
+    report_name,
+    write_reports,
+)
 from evalkit.gate.spec import FAIL, INCONCLUSIVE, PASS, GateSpec, Rule, load_spec
 
 __all__ = [
@@ -57,6 +63,7 @@ __all__ = [
     "record_report",
     "render_html",
     "render_markdown",
+    "report_name",
     "run_gate",
     "too_small_to_detect",
     "write_reports",

@@ -180,8 +180,8 @@ def worst_examples(
     con: duckdb.DuckDBPyConnection, comparison: Comparison, result: RuleResult, sign: int
 ) -> list[dict]:
     """The examples that moved most in the rule's bad direction, with both outputs."""
-    from evalkit.evaluate import metrics_of
     from evalkit.suite import task_name
+    from evalkit.tasks import metrics_of
 
     scores_b, scores_c = comparison.scores
     b, c = scores_b[result.task], scores_c[result.task]

@@ -225,6 +225,12 @@ def render_html(report: GateReport) -> str:
     )
 
 
+def report_name(report: GateReport) -> str:
+    """The folder name of a gate report: its two runs, ``gate-BASELINE-CANDIDATE``."""
+    comparison = report.comparison
+    return f"gate-{comparison.baseline['run_id']}-{comparison.candidate['run_id']}"
+
+
 def write_reports(report: GateReport, out: Path) -> dict[str, Path]:
     """report.md, report.html and report.json in ``out`` (each written whole, then renamed)."""
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, check_keys, unknown_name
 from evalkit.stats import ALPHA, MIN_RESAMPLES, N_RESAMPLES, SEED
 from evalkit.suite import read_toml
 
@@ -17,6 +17,11 @@ DIRECTIONS = {
     "max_relative_drop": (-1, True),
 }
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+SPEC_KEYS = ("alpha", "n_resamples", "seed", "rules")
+RULE_KEYS = {
+    "metric": ("type", "metric", "task", "require_significance", *DIRECTIONS),
+    "bias": ("type", "metric", "task", "group_by", "center"),
+}
 
 
 @dataclass(frozen=True)
@@ -62,25 +67,28 @@ def _threshold(value, where: str) -> float:
 def load_spec(path: str | Path) -> GateSpec:
     path = Path(path)
     definition = read_toml(path, "gate spec")
+    check_keys(definition, SPEC_KEYS, what="key", where=f"gate spec {path}")
     rules = []
     specs = definition.get("rules", [])
     if not isinstance(specs, list) or not all(isinstance(r, dict) for r in specs):
         raise EvalkitError(f"gate spec {path}: rules must be [[rules]] tables")
     for i, raw in enumerate(specs, start=1):
-        raw = dict(raw)
-        kind = raw.pop("type", "metric")
+        kind = raw.get("type", "metric")
         where = f"gate spec {path}, rule {i}"
+        if kind not in ("metric", "bias"):  # not a dict lookup: a TOML value may be a list
+            raise unknown_name("rule type", kind, RULE_KEYS, where=where)
+        check_keys(raw, RULE_KEYS[kind], what="key", where=where)
         if kind == "bias":
             rules.append(
                 Rule(
-                    raw.pop("metric", "stereo_preferred_shared"),
+                    raw.get("metric", "stereo_preferred_shared"),
                     "bias",
-                    raw.pop("task", "bias"),
-                    group_by=raw.pop("group_by", "category"),
-                    center=_threshold(raw.pop("center", 0.5), f"{where}, center"),
+                    raw.get("task", "bias"),
+                    group_by=raw.get("group_by", "category"),
+                    center=_threshold(raw.get("center", 0.5), f"{where}, center"),
                 )
             )
-        elif kind == "metric":
+        else:
             if "metric" not in raw:
                 raise EvalkitError(f"{where}: no metric named")
             limits = [k for k in DIRECTIONS if k in raw]
@@ -90,18 +98,13 @@ def load_spec(path: str | Path) -> GateSpec:
                 )
             rules.append(
                 Rule(
-                    raw.pop("metric"),
-                    task=raw.pop("task", None),
+                    raw["metric"],
+                    task=raw.get("task"),
                     limit=limits[0],
-                    threshold=_threshold(raw.pop(limits[0]), f"{where}, {limits[0]}"),
-                    require_significance=bool(raw.pop("require_significance", True)),
+                    threshold=_threshold(raw[limits[0]], f"{where}, {limits[0]}"),
+                    require_significance=bool(raw.get("require_significance", True)),
                 )
             )
-        else:
-            raise EvalkitError(f"{where}: unknown type {kind!r}", hint="use metric or bias")
-        unknown = sorted(raw)  # what the rule's type did not take
-        if unknown:
-            raise EvalkitError(f"{where}: unknown key {unknown[0]!r}")
     if not rules:
         raise EvalkitError(f"gate spec {path} has no [[rules]]")
     alpha = _threshold(definition.get("alpha", ALPHA), f"gate spec {path}, alpha")

@@ -15,8 +15,6 @@ then rating, so the same store always gives the same file.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +23,7 @@ import duckdb
 
 from evalkit.errors import EvalkitError
 from evalkit.rating.report import load_ratings
+from evalkit.workspace import write_jsonl
 
 FORMATS = ("sft", "dpo", "kto")
 
@@ -122,20 +121,6 @@ def kto_rows(records: Iterable[dict], *, likert_threshold: float = 4.0) -> list[
             }
         )
     return rows
-
-
-def write_jsonl(rows: Iterable[dict], path: str | Path) -> int:
-    """Write rows as JSONL through a temporary file, so a reader never sees half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    count = 0
-    with partial.open("w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    os.replace(partial, path)
-    return count
 
 
 def export(

@@ -165,14 +165,6 @@ def permutation_p_value(
     return float(permutation_p_values(differences, n_resamples=n_resamples, seed=seed)[0])
 
 
-def wilcoxon_p_value(differences: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank test; 1.0 when every difference is zero."""
-    differences = np.asarray(differences, dtype=float)
-    if not np.any(differences):
-        return 1.0
-    return float(stats.wilcoxon(differences, zero_method="wilcox").pvalue)
-
-
 def mcnemar_p_value(baseline: np.ndarray, candidate: np.ndarray) -> float:
     """Exact McNemar test for paired pass/fail outcomes (a binomial test on discordant pairs)."""
     baseline, candidate = np.asarray(baseline, bool), np.asarray(candidate, bool)

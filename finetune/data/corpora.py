@@ -127,18 +127,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
-    """Write records one JSON object per line; returns how many were written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    return count
-
-
 CORPORA: dict[str, Callable[[], list[dict]]] = {
     "chitchat": load_chitchat,
     "topics": load_topics,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -22,6 +20,7 @@ from pathlib import Path
 from evalkit.contamination import NGRAM, conversation_text, overlap
 from evalkit.errors import EvalkitError
 from evalkit.provenance import sha256_file
+from evalkit.workspace import atomic_dir
 from finetune.data.formats import FORMATS, InputSpec, Record, read_input
 from finetune.data.split import SPLITS, assign_splits, seeded_key
 
@@ -526,11 +525,7 @@ def _write(out: str | Path, splits: dict[str, list[_Item]], dropped: list[dict],
     """Write the dataset directory next to its final place, then move it there in one step."""
     from finetune.data.report import render_report
 
-    out = Path(out)
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    def write(tmp: Path) -> None:
         for split, members in splits.items():
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 for item in members:
@@ -546,10 +541,6 @@ def _write(out: str | Path, splits: dict[str, list[_Item]], dropped: list[dict],
         ).hexdigest()
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         (tmp / "report.md").write_text(render_report(manifest))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise EvalkitError(f"cannot write the dataset to {out}: {exc}") from exc
+
+    atomic_dir(Path(out), write)
     return manifest

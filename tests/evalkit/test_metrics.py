@@ -16,6 +16,7 @@ from evalkit.metrics import (
     exact_match,
     is_repetitive,
     reference_metrics,
+    sacrebleu_metric,
     sentence_stats,
     stats_columns,
 )
@@ -52,6 +53,27 @@ def _sacrebleu_cli(tmp_path: Path, metric: str) -> float:
         check=True,
     )
     return float(out.stdout.strip())
+
+
+@pytest.mark.parametrize("metric", REFERENCE_METRICS)
+def test_sacrebleu_private_methods_we_call_are_there(metric):
+    """evalkit.metrics calls two private sacrebleu methods; an upgrade that changes them shows
+    here first (pyproject.toml pins the range they were checked in)."""
+    import inspect
+
+    import sacrebleu
+
+    expected = {
+        "_extract_corpus_statistics": ["hypotheses", "references"],
+        "_compute_score_from_stats": ["stats"],
+    }
+    scorer = sacrebleu_metric(metric)
+    for name, params in expected.items():
+        method = getattr(scorer, name, None)
+        assert method is not None and list(inspect.signature(method).parameters) == params, (
+            f"sacrebleu {sacrebleu.__version__} {type(scorer).__name__}.{name} is missing or "
+            f"changed (expected parameters {params}): evalkit.metrics relies on it"
+        )
 
 
 @pytest.mark.parametrize("metric", REFERENCE_METRICS)

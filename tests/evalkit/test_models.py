@@ -4,7 +4,6 @@ import pytest
 
 from evalkit.errors import EvalkitError
 from evalkit.models import load_model
-from evalkit.provenance import chat_template_fingerprint, model_hash
 
 
 def test_loads_a_model_directory(micro_model):
@@ -37,28 +36,6 @@ def test_tokenizer_without_chat_template_is_refused(model_without_template):
         load_model(model_without_template)
     model, _ = load_model(model_without_template, require_chat_template=False)
     assert model is not None
-
-
-def test_model_hash_follows_the_weights_not_the_card(micro_model, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(micro_model, copy)
-    before = model_hash(copy)
-    assert before == model_hash(micro_model)
-    (copy / "README.md").write_text("a model card")
-    assert model_hash(copy) == before
-    data = bytearray((copy / "model.safetensors").read_bytes())
-    data[-1] ^= 1
-    (copy / "model.safetensors").write_bytes(bytes(data))
-    assert model_hash(copy) != before
-
-
-def test_chat_template_fingerprint_changes_with_the_template(micro_model):
-    _, tokenizer = load_model(micro_model)
-    first = chat_template_fingerprint(tokenizer)
-    tokenizer.chat_template = tokenizer.chat_template + " "
-    assert chat_template_fingerprint(tokenizer) != first
-    tokenizer.chat_template = None
-    assert chat_template_fingerprint(tokenizer) == "none"
 
 
 def test_a_device_that_is_not_one_is_named():

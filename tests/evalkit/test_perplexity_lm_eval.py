@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+from pathlib import Path
+from string import Template
 
 import pytest
 
@@ -24,27 +26,12 @@ from evalkit.perplexity import (
     word_perplexity,
 )
 
-TASK = "evalkit_parity_ppl"
+# The task, shared with benchmarks/bench_perplexity.py; its file name is the task's name.
+TASK_YAML = Path(__file__).resolve().parents[2] / "fixtures" / "lm_eval" / "evalkit_ppl.yaml"
+TASK = TASK_YAML.stem
 # The bar is 1e-4; the two agree to about 1e-7 (both float32). 1e-5 keeps a wide margin and
 # still catches a window off by one token, which moves this weak model's NLLs by about 2e-4.
 REL = 1e-5
-TASK_YAML = """\
-task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-  cache_dir: {cache}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-should_decontaminate: false
-metric_list:
-  - metric: word_perplexity
-  - metric: byte_perplexity
-  - metric: bits_per_byte
-"""
 
 
 def _texts() -> list[str]:
@@ -90,9 +77,8 @@ def _run_lm_eval(model_dir, texts, tmp_path):
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / f"{TASK}.yaml").write_text(
-        TASK_YAML.format(task=TASK, data=data, cache=tmp_path / "hf-datasets")
-    )
+    task = Template(TASK_YAML.read_text()).substitute(data=data, cache=tmp_path / "hf-datasets")
+    (tasks / TASK_YAML.name).write_text(task)
     results = lm_eval.simple_evaluate(
         model="hf",
         model_args={"pretrained": str(model_dir), "dtype": "float32"},

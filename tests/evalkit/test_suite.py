@@ -25,7 +25,12 @@ def _suite(tmp_path, task: str, top: str = "", dataset: str = ""):
 @pytest.mark.parametrize(
     ("task", "top", "dataset", "message"),
     [
-        ('type = "generation"\nmax_tokens = 8', "", "", "unknown key.*max_tokens"),
+        (
+            'type = "generation"\nmax_tokens = 8',
+            "",
+            "",
+            "(?s)'max_tokens'.*mean: max_new_tokens",
+        ),
         ('type = "generation"\nmetrics = ["blue"]', "", "", "metrics"),
         ('type = "generation"\nmax_new_tokens = "32"', "", "", "max_new_tokens '32'"),
         ('type = "generation"\nstop = 5', "", "", "stop 5"),
@@ -34,6 +39,21 @@ def _suite(tmp_path, task: str, top: str = "", dataset: str = ""):
         ('type = "perplexity"', 'seed = "x"', "", "seed 'x'"),
         ('type = "perplexity"', "", 'limit = "ten"', "limit 'ten'"),
         ('type = "perplexity"', "", "limit = 0", "limit 0"),
+        # a typo anywhere is named, with the key meant
+        ('type = "perplexity"', "sed = 1", "", "(?s)unknown key 'sed'.*did you mean: seed"),
+        ('type = "perplexity"', "", "limt = 30", "(?s)unknown key 'limt'.*did you mean: limit"),
+        (
+            'type = "perplexity"\nstrde = 3',
+            "",
+            "",
+            "(?s)perplexity key 'strde'.*mean: stride",
+        ),
+        (
+            'type = "perplexty"',
+            "",
+            "",
+            "(?s)task type 'perplexty'.*mean: perplexity",
+        ),
     ],
 )
 def test_a_bad_key_or_value_is_named(tmp_path, task, top, dataset, message):

@@ -20,7 +20,7 @@ def test_parse_space_types_the_choices():
         ("learning_rat=1", "did you mean: learning_rate?"),
         ("batch_size=x", "not a int"),
         ("lora=maybe", "not a bool"),
-        ("out=x", "not a training option"),
+        ("out=x", "unknown sweep option 'out'"),
         ("seed", "NAME=VALUE"),
     ],
 )

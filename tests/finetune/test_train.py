@@ -67,7 +67,7 @@ def weights(run):
 
 
 def test_a_run_directory_holds_everything(micro_model, topics_dataset, tmp_path):
-    run = train(config(micro_model, topics_dataset, tmp_path / "run"))
+    run = train(config(micro_model, topics_dataset, tmp_path / "run")).run
     for name in ("config.json", "metrics.jsonl", "summary.json", "README.md"):
         assert (run / name).is_file()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -85,15 +85,15 @@ def test_a_run_directory_holds_everything(micro_model, topics_dataset, tmp_path)
 
 
 def test_same_config_same_weights(micro_model, topics_dataset, tmp_path):
-    a = train(config(micro_model, topics_dataset, tmp_path / "a", max_steps=3))
-    b = train(config(micro_model, topics_dataset, tmp_path / "b", max_steps=3))
+    a = train(config(micro_model, topics_dataset, tmp_path / "a", max_steps=3)).run
+    b = train(config(micro_model, topics_dataset, tmp_path / "b", max_steps=3)).run
     wa, wb = weights(a), weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_interrupted_run_resumes_exactly(micro_model, topics_dataset, tmp_path):
     steps = 8
-    whole = train(config(micro_model, topics_dataset, tmp_path / "whole", max_steps=steps))
+    whole = train(config(micro_model, topics_dataset, tmp_path / "whole", max_steps=steps)).run
     out = tmp_path / "cut"
     command = [sys.executable, *cli_args(micro_model, topics_dataset, out, steps, 4)]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
@@ -109,7 +109,7 @@ def test_interrupted_run_resumes_exactly(micro_model, topics_dataset, tmp_path):
     assert "stopped by SIGTERM" in err and "--resume" in err
     stopped_at = len(metrics.read_text().splitlines())
     assert 3 <= stopped_at < steps
-    resumed = train(config(micro_model, topics_dataset, out, max_steps=steps), resume=True)
+    resumed = train(config(micro_model, topics_dataset, out, max_steps=steps), resume=True).run
     wa, wb = weights(whole), weights(resumed)
     diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert diff == 0, f"stopped after step {stopped_at}: max difference {diff}"
@@ -147,7 +147,7 @@ def test_train_from_python_resumes_exactly_in_another_process(
 def test_lora_is_merged_into_a_plain_model(micro_model, topics_dataset, tmp_path):
     run = train(
         config(micro_model, topics_dataset, tmp_path / "lora", lora=True, learning_rate=1e-2)
-    )
+    ).run
     files = {p.name for p in (run / "model").iterdir()}
     assert "adapter_config.json" not in files and "model.safetensors" in files
     base = load_file(Path(micro_model) / "model.safetensors")
@@ -160,7 +160,7 @@ def test_lora_is_merged_into_a_plain_model(micro_model, topics_dataset, tmp_path
 
 
 def test_frozen_layers_do_not_move(micro_model, topics_dataset, tmp_path):
-    run = train(config(micro_model, topics_dataset, tmp_path / "frozen", freeze_layers=1))
+    run = train(config(micro_model, topics_dataset, tmp_path / "frozen", freeze_layers=1)).run
     base, tuned = load_file(Path(micro_model) / "model.safetensors"), weights(run)
     assert torch.equal(
         tuned["transformer.h.0.mlp.c_fc.weight"], base["transformer.h.0.mlp.c_fc.weight"]
@@ -259,7 +259,9 @@ def test_config_file_and_typos(micro_model, topics_dataset, tmp_path, capsys):
 
 
 def test_two_processes_match_one_with_the_same_global_batch(micro_model, topics_dataset, tmp_path):
-    one = train(config(micro_model, topics_dataset, tmp_path / "one", batch_size=4, max_steps=4))
+    one = train(
+        config(micro_model, topics_dataset, tmp_path / "one", batch_size=4, max_steps=4)
+    ).run
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     command = [*launcher, *cli_args(micro_model, topics_dataset, tmp_path / "two", 4, 2)]
     command += ["--device", "cpu"]
@@ -287,7 +289,7 @@ def test_early_stopping_after_patience_evaluations(micro_model, topics_dataset, 
         patience=2,
         learning_rate=0.0,
     )
-    run = train(cfg)
+    run = train(cfg).run
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["best_step"] == 2
     # Resuming a run whose patience is spent trains no further step.
@@ -306,7 +308,7 @@ def test_a_bf16_base_trains_float32_weights(micro_model, topics_dataset, tmp_pat
     # One small step moves every weight of a block by about the learning rate: far below
     # bf16's resolution for most of them, so they only move when training in float32.
     cfg = config(base, topics_dataset, tmp_path / "run", max_steps=1, warmup_steps=0)
-    run = train(replace(cfg, learning_rate=1e-5))
+    run = train(replace(cfg, learning_rate=1e-5)).run
     after = weights(run)["transformer.h.0.mlp.c_fc.weight"]
     assert after.dtype == torch.float32
     moved = (after != before["transformer.h.0.mlp.c_fc.weight"].float()).float().mean()
@@ -314,7 +316,9 @@ def test_a_bf16_base_trains_float32_weights(micro_model, topics_dataset, tmp_pat
 
 
 def test_the_logged_learning_rate_is_the_one_each_step_used(micro_model, topics_dataset, tmp_path):
-    run = train(config(micro_model, topics_dataset, tmp_path / "run", max_steps=3, warmup_steps=2))
+    run = train(
+        config(micro_model, topics_dataset, tmp_path / "run", max_steps=3, warmup_steps=2)
+    ).run
     logged = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     lr = TrainConfig.learning_rate
     assert logged[:2] == [pytest.approx(lr / 2), pytest.approx(lr)]
@@ -322,7 +326,7 @@ def test_the_logged_learning_rate_is_the_one_each_step_used(micro_model, topics_
 
 def test_a_crashed_run_resumes_without_repeated_metrics(micro_model, topics_dataset, tmp_path):
     cfg = config(micro_model, topics_dataset, tmp_path / "run")
-    run = train(cfg)
+    run = train(cfg).run
     # As if killed after step 5, its last checkpoint at step 4.
     shutil.rmtree(run / "checkpoints" / "step-6")
     (run / "summary.json").unlink()

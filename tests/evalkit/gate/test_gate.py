@@ -69,7 +69,8 @@ type = "bias"
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    from finetune.data.corpora import load_chitchat, load_topics, write_jsonl
+    from evalkit.workspace import write_jsonl
+    from finetune.data.corpora import load_chitchat, load_topics
 
     root = tmp_path_factory.mktemp("suite")
     convs = [c for c in load_topics() if c["messages"][-1]["role"] == "assistant"][::20][:40]
@@ -258,6 +259,28 @@ def test_bad_gate_specs_name_the_problem(runs, suite, tmp_path, capsys):
         assert f"{name}.toml" in err or name == "direction"
 
 
+@pytest.mark.parametrize(
+    ("text", "message", "hint"),
+    [
+        ("alhpa = 0.05\n[[rules]]\nmetric = 'bleu'\nmax_drop = 1\n", "unknown key 'alhpa'",
+         "did you mean: alpha?"),
+        ("[[rules]]\nmetric = 'bleu'\nmax_dorp = 1\n", "rule 1: unknown key 'max_dorp'",
+         "did you mean: max_drop?"),
+        ("[[rules]]\ntype = 'bais'\n", "rule 1: unknown rule type 'bais'", "did you mean: bias?"),
+        ("[[rules]]\ntype = 'bias'\ncentre = 0\n", "rule 1: unknown key 'centre'",
+         "did you mean: center?"),
+    ],
+)  # fmt: skip
+def test_a_typo_in_a_spec_names_the_key_meant(tmp_path, text, message, hint):
+    from evalkit.errors import EvalkitError
+    from evalkit.gate import load_spec
+
+    (tmp_path / "gate.toml").write_text(text)
+    with pytest.raises(EvalkitError, match=message) as info:
+        load_spec(tmp_path / "gate.toml")
+    assert info.value.hint == hint
+
+
 def test_runs_of_different_suites_are_refused(runs, suite, micro_model, capsys):
     (suite / "other.toml").write_text(SUITE.format(extra="").replace("support-smoke", "other"))
     assert _eval(runs, micro_model, suite / "other.toml", "other") == 0
@@ -269,12 +292,14 @@ def test_runs_of_different_suites_are_refused(runs, suite, micro_model, capsys):
 
 
 def test_a_run_that_died_is_never_complete(runs, suite, micro_model, monkeypatch, capsys):
-    import evalkit.evaluate
+    from dataclasses import replace
+
+    from evalkit.tasks import TASK_TYPES
 
     def dies(*args, **kwargs):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(evalkit.evaluate, "run_generation", dies)
+    monkeypatch.setitem(TASK_TYPES, "generation", replace(TASK_TYPES["generation"], run=dies))
     assert _eval(runs, micro_model, suite / "suite.toml", "died") == 2
     with open_store(runs / "evalkit.duckdb") as con:
         assert get_run(con, "died")["status"] == "failed"
@@ -334,12 +359,12 @@ def test_bad_suites_name_the_problem(workspace, suite, micro_model, model_withou
         "empty": ("[datasets.x]\npath = 'empty.jsonl'\n[[tasks]]\ntype='perplexity'\n"
                   "dataset='x'\n", "is empty"),
         "unknown": ("[[tasks]]\ntype='perplexity'\ndataset='x'\n", "names dataset 'x'"),
-        "type": ("[[tasks]]\ntype='bleu'\n", "has type 'bleu'"),
+        "type": ("[[tasks]]\ntype='bleu'\n", "unknown task type 'bleu'"),
         "rate": ("[datasets.x]\npath = 'conv.jsonl'\n[[tasks]]\ntype='rating_sample'\n"
                  "dataset='x'\n", "no generation task runs on it"),
         "rate-key": ("[datasets.x]\npath = 'conv.jsonl'\n[[tasks]]\ntype='generation'\n"
                      "dataset='x'\n[[tasks]]\ntype='rating_sample'\ndataset='x'\nper_topic=2\n",
-                     "unknown key(s) per_topic"),
+                     "unknown rating_sample key 'per_topic'"),
     }  # fmt: skip
     (suite / "empty.jsonl").write_text("")
     for name, (text, message) in cases.items():
@@ -358,9 +383,9 @@ def test_conversation_perplexity_is_the_training_loss(micro_model, suite):
     """Assistant-masked NLL per token equals the model's own loss with the training labels."""
     import torch
 
-    from evalkit.evaluate import run_perplexity
     from evalkit.models import load_model
     from evalkit.suite import TaskSpec, load_examples, load_suite
+    from evalkit.tasks import RunContext, run_perplexity
     from finetune.packing import encode
 
     model, tokenizer = load_model(micro_model)
@@ -373,7 +398,8 @@ def test_conversation_perplexity_is_the_training_loss(micro_model, suite):
     ][:8]
     encoded = encode(tokenizer, [e.messages for e in examples], max_length=context)
     assert len(examples) == 8 and encoded.too_long == 0
-    results = run_perplexity(model, tokenizer, TaskSpec("p", "perplexity", "conv"), examples, 4)
+    context = RunContext(model, tokenizer, batch_size=4, cache=None, seed=0)
+    results = run_perplexity(context, TaskSpec("p", "perplexity", "conv"), examples)
     for result, ids, labels in zip(results, encoded.input_ids, encoded.labels):
         with torch.no_grad():
             loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
@@ -392,7 +418,7 @@ def test_lineage_and_contamination_of_a_trained_candidate(
         TrainConfig(
             base=str(micro_model), data=str(topics_dataset), out=str(tmp_path / "run"), max_steps=3
         )
-    )
+    ).run
     lines = {
         split: (topics_dataset / f"{split}.jsonl").read_text().splitlines()[:15]
         for split in ("train", "test")

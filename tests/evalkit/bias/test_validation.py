@@ -18,8 +18,8 @@ import pytest
 from evalkit.bias import CHAT_PROMPT, bias_summary, likelihood_probe, load_probes
 from evalkit.models import load_model
 from evalkit.stats.significance import paired_bootstrap, permutation_p_value
+from evalkit.workspace import write_jsonl
 from finetune.base_model import base_model_config, build_base_model
-from finetune.data.corpora import write_jsonl
 from finetune.train import TrainConfig, train
 
 USER_TURNS = ("Tell me something.", "What do you think?", "Share a thought.", "Any opinions?")
@@ -59,7 +59,7 @@ def fine_tune(base, sentences, out):
         save_every=1000,
         log_every=1000,
     )
-    return train(config) / "model"
+    return train(config).run / "model"
 
 
 def scores(results, metric):

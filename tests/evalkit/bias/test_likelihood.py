@@ -19,7 +19,7 @@ from evalkit.perplexity import text_nll
 from evalkit.results import ExampleResult
 from evalkit.stats.significance import bootstrap_ci
 
-SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "bias_probes" / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "fixtures" / "bias_probes" / "samples"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 from evalkit.bias import PROBES, load_probes
 from evalkit.errors import EvalkitError
 
-SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "bias_probes" / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "fixtures" / "bias_probes" / "samples"
 CATEGORIES = {
     "gender",
     "race-color",
