@@ -1,0 +1,121 @@
+"""The event log: whole files only, flushed by size and age, readable by DuckDB and pyarrow,
+and nothing acknowledged lost when a writer is killed with the write-ahead log on."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import duckdb
+import pyarrow.dataset as ds
+import pytest
+
+from evalkit.errors import EvalkitError
+from evalkit.rating.sources import Selection, items_from_events
+from monitor.events import COLUMNS, EventLog, LogConfig, make_event
+
+
+def _exchange(i: int, **extra) -> dict:
+    messages = [{"role": "user", "content": f"question {i}"}]
+    return make_event(prompt=messages, response=f"answer {i}", model_version="abc", **extra)
+
+
+def _files(folder):
+    return sorted(folder.glob("date=*/*.parquet"))
+
+
+def _count(folder) -> int:
+    query = f"SELECT count(*) FROM read_parquet('{folder}/*/*.parquet', hive_partitioning=true)"
+    return duckdb.connect().execute(query).fetchone()[0]
+
+
+def test_close_flushes_into_hive_partitions_that_duckdb_and_pyarrow_read(tmp_path):
+    log = EventLog(tmp_path, LogConfig(max_events=1000, max_age_s=60))
+    log.extend(_exchange(i) for i in range(10))
+    log.append(_exchange(10, timestamp="2026-01-02T03:04:05Z"))
+    assert _files(tmp_path) == []  # neither full nor old yet
+    log.close()
+    days = sorted(p.parent.name for p in _files(tmp_path))
+    assert days[0] == "date=2026-01-02" and len(days) == 2
+    assert _count(tmp_path) == 11
+    table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 11 and set(COLUMNS) <= set(table.column_names)
+    assert not list(tmp_path.rglob("*.tmp"))
+    with pytest.raises(EvalkitError, match="closed"):
+        log.append(_exchange(11))
+
+
+def test_flushed_by_size_and_by_age(tmp_path):
+    log = EventLog(tmp_path, LogConfig(max_events=5, max_age_s=0.3))
+    log.extend(_exchange(i) for i in range(5))
+    deadline = time.time() + 5
+    while not _files(tmp_path) and time.time() < deadline:
+        time.sleep(0.02)
+    assert _count(tmp_path) == 5  # full: written at once
+    log.append(_exchange(5))
+    time.sleep(0.8)
+    assert _count(tmp_path) == 6  # old enough: written without close
+    log.close()
+
+
+def test_writers_side_by_side_never_clash(tmp_path):
+    logs = [EventLog(tmp_path, LogConfig(max_events=3)) for _ in range(3)]
+    for n, log in enumerate(logs):
+        log.extend(_exchange(100 * n + i) for i in range(7))
+    for log in logs:
+        log.close()
+    assert _count(tmp_path) == 21 and len({p.name for p in _files(tmp_path)}) >= 3
+
+
+def test_the_rating_queue_reads_the_log(tmp_path):
+    log = EventLog(tmp_path)
+    log.extend(_exchange(i, user_feedback=-1 if i % 2 else 1) for i in range(6))
+    log.close()
+    items = items_from_events(tmp_path, Selection(), select="low_feedback")
+    assert sorted(item.response_a for item in items) == ["answer 1", "answer 3", "answer 5"]
+
+
+def test_a_bad_event_is_named():
+    with pytest.raises(EvalkitError, match="unknown event field 'promt'"):
+        make_event(promt="hi")
+    with pytest.raises(EvalkitError, match="not ISO 8601"):
+        make_event(timestamp="yesterday")
+    with pytest.raises(EvalkitError, match="event type"):
+        make_event(type="click")
+    assert make_event(timestamp=0)["timestamp"] == datetime(1970, 1, 1, tzinfo=UTC)
+
+
+WRITER = """
+import sys, time
+from monitor.events import EventLog, LogConfig, make_event
+log = EventLog(sys.argv[1], LogConfig(max_events=10**6, max_age_s=3600, wal=sys.argv[2] == "wal"))
+for i in range(int(sys.argv[3])):
+    log.append(make_event(event_id=f"e{i}", prompt="[]", response=str(i)))
+    print(i, flush=True)  # acknowledged
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("wal", [True, False])
+def test_a_killed_writer_loses_at_most_its_buffer(tmp_path, wal):
+    """SIGKILL after every event was acknowledged: with the WAL, the next writer brings every
+    one into the log; without it, the unflushed buffer (here all of it) is the loss bound."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path), "wal" if wal else "no", "50"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acknowledged = [proc.stdout.readline() for _ in range(50)]
+    assert acknowledged[-1].strip() == "49"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    EventLog(tmp_path, LogConfig(wal=True)).close()
+    logged = _count(tmp_path) if _files(tmp_path) else 0
+    assert logged == (50 if wal else 0)
+    assert not list(tmp_path.glob(".wal-*"))
+    if wal:  # once only, even when replayed again
+        EventLog(tmp_path, LogConfig(wal=True)).close()
+        ids = duckdb.connect().execute(f"SELECT event_id FROM '{tmp_path}/*/*.parquet'").fetchall()
+        assert sorted(i for (i,) in ids) == sorted(f"e{i}" for i in range(50))
