@@ -317,6 +317,53 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from evalkit.workspace import open_workspace
+    from monitor.events import LogConfig
+    from monitor.server import ServeConfig, serve
+
+    config = ServeConfig(
+        model=args.model,
+        name=args.name,
+        host=args.host,
+        port=args.port,
+        api_key_file=args.api_key_file,
+        device=args.device,
+        allow_template_mismatch=args.allow_template_mismatch,
+        max_batch=args.max_batch,
+        max_waiting=args.max_waiting,
+        log=LogConfig(max_events=args.flush_events, max_age_s=args.flush_seconds, wal=args.wal),
+    )
+    serve(config, open_workspace(args.workspace).events_dir)
+
+
+def _cmd_monitor_events(args: argparse.Namespace) -> None:
+    from datetime import datetime
+
+    from evalkit.workspace import open_workspace
+    from monitor.events import export_conversations, recent, summary
+
+    folder = open_workspace(args.workspace).events_dir
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise EvalkitError(
+                f"--since {args.since!r} is not ISO 8601 (2026-12-07T10:00)"
+            ) from None
+    if args.export:
+        count = export_conversations(folder, args.export)
+        print(f"wrote {count} conversations to {args.export}")
+        return
+    for row in summary(folder, since):
+        print("  ".join(f"{k} {v}" for k, v in row.items()))
+    print()
+    for row in recent(folder, args.limit, since):
+        response = (row["response"] or "")[:60].replace("\n", " ")
+        print(f"{str(row['timestamp'])[:19]}  {row['model']}  {row['status']}  {response}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from evalkit.demo import run_demo
 
@@ -400,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_eval_parsers(commands)
     _add_rate_parser(commands)
+    _add_monitor_parsers(commands)
     demo = commands.add_parser(
         "demo",
         help="run the main job on the embedded default",
@@ -677,6 +725,57 @@ def _cmd_rate_export(args: argparse.Namespace) -> None:
     with open_store(_store(args)) as con:
         count = export(con, args.format, args.out, likert_threshold=args.likert_threshold)
     print(f"wrote {count} {args.format} rows to {args.out}")
+
+
+def _add_monitor_parsers(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model behind an OpenAI-compatible API, logging every exchange",
+        description="Serve a model directory at /v1/chat/completions (plain and streamed), with "
+        "/v1/models, /v1/feedback, /v1/events, /healthz, /readyz and /metrics (Prometheus). "
+        "Every exchange goes to WORKSPACE/events (Parquet). Binds 127.0.0.1 unless told "
+        "otherwise; another address needs --api-key-file.",
+    )
+    serve.add_argument("--model", required=True, help="model directory (Hugging Face format)")
+    serve.add_argument("--name", help="the model's name in the API (default: the directory's)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--api-key-file", metavar="FILE", help="API keys, one a line")
+    serve.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
+    serve.add_argument(
+        "--allow-template-mismatch",
+        action="store_true",
+        help="serve a chat template other than the one the model was trained with",
+    )
+    serve.add_argument("--max-batch", type=_positive, default=32, help="requests decoded together")
+    serve.add_argument(
+        "--max-waiting", type=_positive, default=256, help="requests waiting; more get 429"
+    )
+    serve.add_argument(
+        "--flush-events", type=_positive, default=1000, help="write the log every N events"
+    )
+    serve.add_argument(
+        "--flush-seconds", type=float, default=1.0, help="or when the oldest is this old"
+    )
+    serve.add_argument(
+        "--wal", action="store_true", help="fsync each event first: a crash loses none"
+    )
+    serve.set_defaults(func=_cmd_serve)
+
+    monitor = commands.add_parser("monitor", help="what the served models did: the event log")
+    monitor_commands = monitor.add_subparsers(
+        dest="monitor_command", required=True, metavar="COMMAND"
+    )
+    events = monitor_commands.add_parser(
+        "events",
+        help="a summary of the logged exchanges and the latest ones",
+        description="Exchanges per model and status with their feedback and latency, then the "
+        "latest exchanges; --export writes them as conversation JSONL for data preparation.",
+    )
+    events.add_argument("--since", help="only events from this time on (ISO 8601)")
+    events.add_argument("--limit", type=_positive, default=20, help="latest exchanges shown")
+    events.add_argument("--export", metavar="FILE", help="write conversation JSONL instead")
+    events.set_defaults(func=_cmd_monitor_events)
 
 
 def _add_rate_parser(commands) -> None:

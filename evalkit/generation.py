@@ -142,6 +142,33 @@ def _stop_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+class TextStream:
+    """A response's text as its tokens come, only as far as the final text is sure to start so:
+    stop tokens left out, leading whitespace dropped, trailing whitespace, a split character
+    and the last ``len(stop) - 1`` characters held back (they may be cut at the end)."""
+
+    def __init__(self, model, tokenizer, config: DecodingConfig):
+        self.tokenizer = tokenizer
+        self.stop_ids = _stop_ids(model, tokenizer)
+        self.hold = max((len(s) for s in config.stop), default=1) - 1
+        self.sent = ""
+
+    def delta(self, tokens: Sequence[int]) -> str:
+        """The new settled text since the last call."""
+        ids = [t for t in tokens if t not in self.stop_ids]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        text = text.split("\ufffd")[0].rstrip()  # a character whose bytes are not all there yet
+        settled = text[: max(0, len(text) - self.hold)]
+        if len(settled) <= len(self.sent) or not settled.startswith(self.sent):
+            return ""
+        delta, self.sent = settled[len(self.sent) :], settled
+        return delta
+
+    def rest(self, final: str) -> str:
+        """What is left to send once the response is final."""
+        return final[len(self.sent) :] if final.startswith(self.sent) else ""
+
+
 def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cuts = [text.find(s) for s in stop if s and s in text]
     return (text[: min(cuts)], True) if cuts else (text, False)
@@ -151,7 +178,11 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _generate_batch(model, tokenizer, prompts: list[list[int]], config, seeds) -> list[Generation]:
+def _generate_batch(
+    model, tokenizer, prompts: list[list[int]], config, seeds, on_token=None
+) -> list[Generation]:
+    """Decode one left-padded batch; ``on_token(row, tokens)`` sees each row's tokens so far
+    after every step that added one and did not end it (a server streams them)."""
     import torch
 
     device = next(model.parameters()).device
@@ -204,6 +235,8 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], config, seeds) -
                     text = tokenizer.decode(new_tokens[i], skip_special_tokens=True)
                     if _cut_at_stop(text, config.stop)[1]:
                         done[i] = stopped[i] = True
+                if on_token is not None and not stopped[i]:
+                    on_token(i, new_tokens[i])
             if all(done):
                 break
             step_ids = chosen[:, None]
@@ -229,13 +262,16 @@ def generate(
     batch_size: int = 16,
     cache: CacheContext | None = None,
     progress: bool = False,
+    on_token=None,
 ) -> list[Generation]:
     """The model's next assistant turn for each conversation, in order.
 
     A prompt longer than the context minus ``max_new_tokens`` keeps its last tokens.
 
     With ``cache``, responses already in the store are read back and each finished batch is
-    written at once, so an interrupted run loses at most one batch.
+    written at once, so an interrupted run loses at most one batch. ``on_token(index, tokens)``
+    is told each conversation's generated tokens so far as they come (responses read from the
+    cache are not).
     """
     from tqdm.auto import tqdm
 
@@ -274,7 +310,10 @@ def generate(
     batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
     for batch in tqdm(batches, desc="generate", disable=not progress or None):
         seeds = [_prompt_seed(conversations[i], config) for i in batch]
-        out = _generate_batch(model, tokenizer, [rendered[i] for i in batch], config, seeds)
+        row_token = None if on_token is None else (lambda row, ids, b=batch: on_token(b[row], ids))
+        out = _generate_batch(
+            model, tokenizer, [rendered[i] for i in batch], config, seeds, row_token
+        )
         for i, generation in zip(batch, out):
             results[i] = generation
         if cache:

@@ -19,12 +19,13 @@ Feedback arrives later as its own rows (``type = "feedback"``) keyed by ``respon
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from evalkit.errors import EvalkitError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 # The columns of an event; evalkit.rating.sources reads event_id, timestamp, model_version,
@@ -127,7 +130,12 @@ class EventLog:
     >>> log = EventLog(workspace.events_dir); log.append(make_event(prompt="[]")); log.close()
     """
 
-    def __init__(self, folder: str | Path, config: LogConfig | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        config: LogConfig | None = None,
+        on_lost: Callable[[int], object] | None = None,
+    ):
         self.folder = Path(folder)
         self.config = config or LogConfig()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -139,6 +147,7 @@ class EventLog:
         self._closed = False
         self.written = 0  # events in Parquet files
         self.lost = 0  # events that could not be written (a full disk), counted, never silent
+        self._on_lost = on_lost
         self._wal = None
         if self.config.wal:
             self._replay_wals()
@@ -251,7 +260,10 @@ class EventLog:
                 os.replace(tmp, folder / name)
                 self.written += len(rows)
             except OSError:
+                log.exception("cannot write %d events to %s", len(rows), folder)
                 self.lost += len(rows)
+                if self._on_lost is not None:
+                    self._on_lost(len(rows))
 
     def _replay_wals(self) -> None:
         """Write the events of write-ahead files left by writers that died, then remove them.
@@ -291,3 +303,88 @@ def logged_ids(folder: Path, wanted: set[str]) -> set[str]:
         return set()
     table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=["event_id"])
     return set(table.column("event_id").to_pylist()) & wanted
+
+
+def query(folder: str | Path, sql: str, params: list | None = None) -> list[dict]:
+    """Rows of ``sql`` over the view ``events`` (every Parquet file of the log), as dicts."""
+    import duckdb
+
+    files = sorted(Path(folder).glob("date=*/*.parquet"))
+    if not files:
+        raise EvalkitError(
+            f"no events under {folder}", hint="serve a model (`evalkit serve`) or send events"
+        )
+    con = duckdb.connect()
+    try:
+        rel = con.read_parquet([str(f) for f in files], hive_partitioning=True, union_by_name=True)
+        rel.create_view("events")
+        rows = con.execute(sql, params or [])
+        names = [d[0] for d in rows.description]
+        return [dict(zip(names, row)) for row in rows.fetchall()]
+    finally:
+        con.close()
+
+
+def summary(folder: str | Path, since: datetime | None = None) -> list[dict]:
+    """Exchanges per model, status and feedback, with their latency, since a time."""
+    return query(
+        folder,
+        """SELECT e.model, e.status, count(*) AS exchanges,
+                  count(f.response_id) FILTER (WHERE f.user_feedback < 0) AS thumbs_down,
+                  count(f.response_id) FILTER (WHERE f.user_feedback > 0) AS thumbs_up,
+                  round(quantile_cont(e.latency_s, 0.5), 4) AS p50_latency_s,
+                  round(quantile_cont(e.latency_s, 0.99), 4) AS p99_latency_s
+           FROM events e
+           LEFT JOIN (SELECT response_id, min(user_feedback) AS user_feedback FROM events
+                      WHERE type = 'feedback' GROUP BY response_id) f
+                  ON f.response_id = e.response_id
+           WHERE e.type = 'exchange' AND (? IS NULL OR e.timestamp >= ?)
+           GROUP BY ALL ORDER BY e.model, e.status""",
+        [since, since],
+    )
+
+
+def recent(folder: str | Path, limit: int = 20, since: datetime | None = None) -> list[dict]:
+    """The latest exchanges, newest first."""
+    return query(
+        folder,
+        "SELECT timestamp, model, status, finish_reason, latency_s, prompt, response, event_id "
+        "FROM events WHERE type = 'exchange' AND (? IS NULL OR timestamp >= ?) "
+        "ORDER BY timestamp DESC LIMIT ?",
+        [since, since, limit],
+    )
+
+
+def export_conversations(folder: str | Path, path: str | Path) -> int:
+    """Logged exchanges as conversation JSONL (the messages format), ids and feedback in the
+    metadata, a correction replacing the response: what data preparation reads."""
+    from evalkit.workspace import write_jsonl
+
+    rows = query(
+        folder,
+        """SELECT e.event_id, e.response_id, e.model, e.prompt, e.response,
+                  f.user_feedback, f.correction
+           FROM events e
+           LEFT JOIN (SELECT response_id, min(user_feedback) AS user_feedback,
+                             max(correction) AS correction
+                      FROM events WHERE type = 'feedback' GROUP BY response_id) f
+                  ON f.response_id = e.response_id
+           WHERE e.type = 'exchange' AND e.response IS NOT NULL ORDER BY e.timestamp""",
+    )
+
+    def conversation(row: dict) -> dict:
+        try:
+            messages = json.loads(row["prompt"])
+        except (TypeError, ValueError):
+            messages = [{"role": "user", "content": row["prompt"] or ""}]
+        answer = row["correction"] or row["response"]
+        return {
+            "messages": [*messages, {"role": "assistant", "content": answer}],
+            "event_id": row["event_id"],
+            "response_id": row["response_id"],
+            "model": row["model"],
+            "user_feedback": row["user_feedback"],
+            "corrected": row["correction"] is not None,
+        }
+
+    return write_jsonl(map(conversation, rows), path)

@@ -1,0 +1,91 @@
+"""Prometheus metrics of a served model, named as vLLM names its own (``model_name`` label,
+base units, ``_total`` counters), so quality and drift gauges sit beside a vLLM deployment's.
+
+Built in a function on a registry the caller owns: nothing is registered at import time, and
+two servers (or tests) in one process never share counters. Labels are bounded: the model's
+name, a status code, a finish reason, a feedback kind; never a user, prompt or response id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+PREFIX = "evalkit"
+# Seconds: from a cached or tiny model's milliseconds to a long generation's minute.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+@dataclass
+class ServerMetrics:
+    requests: Counter
+    running: Gauge
+    waiting: Gauge
+    latency: Histogram
+    time_to_first_token: Histogram
+    time_per_output_token: Histogram
+    prompt_tokens: Histogram
+    generation_tokens: Histogram
+    generated_tokens: Counter
+    feedback: Counter
+    events_ingested: Counter
+    events_lost: Counter
+    model_info: Info
+    template_mismatch: Gauge
+
+
+def server_metrics(registry: CollectorRegistry) -> ServerMetrics:
+    """The server's metrics, registered on ``registry``.
+
+    >>> metrics = server_metrics(CollectorRegistry())
+    >>> metrics.requests.labels("support-v1", "200", "stop").inc()
+    """
+    name = ("model_name",)
+
+    def histogram(metric: str, doc: str, buckets) -> Histogram:
+        return Histogram(f"{PREFIX}_{metric}", doc, name, buckets=buckets, registry=registry)
+
+    def counter(metric: str, doc: str, labels: tuple = ()) -> Counter:
+        return Counter(f"{PREFIX}_{metric}", doc, name + labels, registry=registry)
+
+    def gauge(metric: str, doc: str) -> Gauge:
+        return Gauge(f"{PREFIX}_{metric}", doc, name, registry=registry)
+
+    return ServerMetrics(
+        requests=counter(
+            "requests",
+            "Chat completion requests by status and finish reason.",
+            ("status", "finish_reason"),
+        ),
+        running=gauge("requests_running", "Requests being decoded now."),
+        waiting=gauge("requests_waiting", "Requests queued for decoding."),
+        latency=histogram(
+            "e2e_request_latency_seconds", "End-to-end request latency.", LATENCY_BUCKETS
+        ),
+        time_to_first_token=histogram(
+            "time_to_first_token_seconds", "Time to the first generated token.", LATENCY_BUCKETS
+        ),
+        time_per_output_token=histogram(
+            "time_per_output_token_seconds",
+            "Time per generated token after the first.",
+            TOKEN_LATENCY_BUCKETS,
+        ),
+        prompt_tokens=histogram(
+            "request_prompt_tokens", "Prompt tokens of a request.", TOKEN_BUCKETS
+        ),
+        generation_tokens=histogram(
+            "request_generation_tokens", "Generated tokens of a request.", TOKEN_BUCKETS
+        ),
+        generated_tokens=counter("generation_tokens", "Generated tokens."),
+        feedback=counter("feedback", "User feedback received, by kind.", ("kind",)),
+        events_ingested=counter("events_ingested", "Events written to the event log."),
+        events_lost=counter("events_lost", "Events the log could not write."),
+        model_info=Info(f"{PREFIX}_model", "The served model.", registry=registry),
+        template_mismatch=gauge(
+            "chat_template_mismatch",
+            "1 when the served chat template differs from the one training or the gate recorded.",
+        ),
+    )

@@ -1,0 +1,523 @@
+"""The model server: an OpenAI-compatible API that logs every exchange and exports metrics.
+
+``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``, ``POST /v1/feedback``
+(a verdict on a response, at any time), ``POST /v1/events`` (exchanges of a model served
+elsewhere), ``GET /healthz``, ``GET /readyz`` and ``GET /metrics``. Every refusal is OpenAI's
+error body with the status that fits; a user's mistake is never a 500.
+
+Safe by default: it binds 127.0.0.1, and binding anywhere else needs API keys
+(``api_key_file``: one a line; kept as sha256 hashes, compared in constant time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evalkit.errors import EvalkitError
+from evalkit.generation import DecodingConfig, Generation, TextStream
+from monitor.engine import Busy, Engine, Job
+from monitor.events import EventLog, LogConfig, make_event, new_id
+from monitor.protocol import ChatCompletionRequest, EventsBatch, Feedback, OpenAIError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``evalkit serve`` starts; the limits keep one client from taking the server down."""
+
+    model: str  # model directory (Hugging Face format)
+    name: str | None = None  # the model's name in the API (default: the directory's name)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_file: str | None = None
+    device: str | None = None
+    allow_template_mismatch: bool = False
+    max_batch: int = 32  # requests decoded together
+    max_waiting: int = 256  # requests waiting to be decoded; more are refused with 429
+    max_body_bytes: int = 1 << 20
+    max_messages: int = 256
+    max_tokens: int = 1024  # the most tokens a request may ask to generate
+    timeout_s: float = 120.0  # a request not answered by then ends with 504
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if not _loopback(self.host) and not self.api_key_file:
+            raise EvalkitError(
+                f"binding {self.host} serves the model beyond this machine, so API keys are "
+                "required",
+                hint="pass --api-key-file FILE (one key a line), or bind 127.0.0.1",
+            )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_keys(path: str | None) -> list[bytes]:
+    """sha256 of each key in the file; the keys themselves are not kept."""
+    if not path:
+        return []
+    try:
+        keys = [k.strip() for k in Path(path).read_text().splitlines() if k.strip()]
+    except OSError as exc:
+        raise EvalkitError(f"cannot read API keys from {path}: {exc.strerror or exc}") from None
+    if not keys:
+        raise EvalkitError(f"{path} holds no API key", hint="one key a line")
+    return [hashlib.sha256(k.encode()).digest() for k in keys]
+
+
+def _template_check(model_dir: Path, fingerprint: str) -> str | None:
+    """Why the served chat template differs from the one its training run recorded, or None."""
+    from evalkit.provenance import model_lineage
+
+    run = model_lineage(model_dir).get("training_run")
+    summary = Path(run) / "summary.json" if run else None
+    if not summary or not summary.is_file():
+        return None
+    trained = json.loads(summary.read_text()).get("chat_template_fingerprint")
+    if trained and trained != fingerprint:
+        return f"trained with chat template {trained[:12]}, served with {fingerprint[:12]}"
+    return None
+
+
+class Server:
+    """A loaded model with its decoding thread, event log and metrics."""
+
+    def __init__(self, config: ServeConfig, events_dir: Path, registry=None):
+        from prometheus_client import CollectorRegistry
+
+        from evalkit.models import load_model
+        from evalkit.perplexity import context_length
+        from evalkit.provenance import chat_template_fingerprint, model_hash, model_lineage
+        from monitor.metrics import server_metrics
+
+        self.config = config
+        model_dir = Path(config.model).resolve()
+        self.name = config.name or model_dir.name
+        self.keys = read_api_keys(config.api_key_file)
+        self.model, self.tokenizer = load_model(model_dir, device=config.device)
+        self.context = context_length(self.model, self.tokenizer)
+        self.identity = {
+            "model_hash": model_hash(model_dir),
+            "chat_template_fingerprint": chat_template_fingerprint(self.tokenizer),
+            "lineage": model_lineage(model_dir),
+        }
+        self.mismatch = _template_check(model_dir, self.identity["chat_template_fingerprint"])
+        if self.mismatch and not config.allow_template_mismatch:
+            raise EvalkitError(
+                f"{model_dir}: {self.mismatch}",
+                hint="serve the template the model was trained with, or pass "
+                "--allow-template-mismatch",
+            )
+        self.registry = registry or CollectorRegistry()
+        self.metrics = server_metrics(self.registry)
+        self.metrics.model_info.info(
+            {
+                "model_name": self.name,
+                "version": self.identity["model_hash"],
+                "chat_template_fingerprint": self.identity["chat_template_fingerprint"],
+            }
+        )
+        self.metrics.template_mismatch.labels(self.name).set(1 if self.mismatch else 0)
+        self.metrics.feedback.labels(self.name, "thumbs_up")  # every series from the start
+        self.metrics.requests.labels(self.name, "200", "stop")
+        lost = self.metrics.events_lost.labels(self.name)
+        self.events = EventLog(events_dir, config.log, on_lost=lost.inc)
+        self.engine = Engine(
+            self.model,
+            self.tokenizer,
+            max_batch=config.max_batch,
+            max_waiting=config.max_waiting,
+        )
+        self.responses: dict[str, None] = {}  # recent response ids, for feedback
+
+    def close(self) -> None:
+        self.engine.close()
+        self.events.close()
+
+    def record(self, events: list[dict]) -> None:
+        self.events.extend(events)
+        self.metrics.events_ingested.labels(self.name).inc(len(events))
+
+
+def create_app(server: Server):
+    """The ASGI app over a loaded :class:`Server`."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.exceptions import HTTPException
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        server.close()  # uvicorn's graceful shutdown (SIGTERM, SIGINT) flushes the log
+
+    app = FastAPI(title="evalkit serve", lifespan=lifespan)
+    name = server.name
+
+    @app.exception_handler(OpenAIError)
+    async def openai_error(request: Request, exc: OpenAIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        return JSONResponse(OpenAIError(400, message, param=where).body(), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        body = OpenAIError(exc.status_code, str(exc.detail), type=kind).body()
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        try:
+            size = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            size = 0
+        if size > server.config.max_body_bytes:
+            error = OpenAIError(413, f"the body is over {server.config.max_body_bytes} bytes")
+            return JSONResponse(error.body(), status_code=413)
+        if server.keys and request.url.path.startswith("/v1/"):
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            digest = hashlib.sha256(given.encode()).digest()
+            if not any(hmac.compare_digest(digest, key) for key in server.keys):
+                error = OpenAIError(401, "a valid API key is required", type="authentication_error")
+                return JSONResponse(error.body(), status_code=401)
+        return await call_next(request)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if server.engine.waiting >= server.config.max_waiting:
+            return JSONResponse({"status": "busy"}, status_code=503)
+        return {"status": "ready"}
+
+    @app.get("/metrics")
+    async def metrics():
+        server.metrics.waiting.labels(name).set(server.engine.waiting)
+        server.metrics.running.labels(name).set(server.engine.running)
+        return Response(generate_latest(server.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models():
+        entry = {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "evalkit",
+            "evalkit": server.identity | {"chat_template_mismatch": server.mismatch},
+        }
+        return {"object": "list", "data": [entry]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest):
+        return await complete(server, body, StreamingResponse)
+
+    @app.post("/v1/feedback")
+    async def feedback(body: Feedback):
+        if body.response_id not in server.responses and not _logged(server, body.response_id):
+            raise OpenAIError(404, f"no response {body.response_id!r}", param="response_id")
+        kinds = [k for k in ("thumbs", "rating", "comment", "correction") if getattr(body, k)]
+        if not kinds:
+            raise OpenAIError(400, "give thumbs, a rating, a comment or a correction")
+        thumbs = {"up": 1, "down": -1}.get(body.thumbs or "")
+        server.record(
+            [
+                make_event(
+                    type="feedback",
+                    response_id=body.response_id,
+                    model=name,
+                    user_feedback=thumbs,
+                    rating=body.rating,
+                    comment=body.comment,
+                    correction=body.correction,
+                    status=200,
+                )
+            ]
+        )
+        for kind in kinds:
+            label = f"thumbs_{body.thumbs}" if kind == "thumbs" else kind
+            server.metrics.feedback.labels(name, label).inc()
+        return {"status": "recorded"}
+
+    @app.post("/v1/events")
+    async def events(body: EventsBatch):
+        try:
+            batch = [make_event(**e) for e in body.events]
+        except (EvalkitError, TypeError) as exc:
+            raise OpenAIError(400, str(exc), param="events") from None
+        server.record(batch)
+        return {"status": "recorded", "events": len(batch)}
+
+    return app
+
+
+def _logged(server: Server, response_id: str) -> bool:
+    """Whether the log holds an exchange with that response id (one from before a restart)."""
+    import duckdb
+
+    server.events.flush()
+    files = sorted(server.events.folder.glob("date=*/*.parquet"))
+    if not files:
+        return False
+    con = duckdb.connect()
+    try:
+        rel = con.read_parquet([str(f) for f in files], union_by_name=True)
+        rel.create_view("events")
+        found = con.execute("SELECT 1 FROM events WHERE response_id = ? LIMIT 1", [response_id])
+        return bool(found.fetchall())
+    finally:
+        con.close()
+
+
+def decoding(server: Server, body: ChatCompletionRequest) -> DecodingConfig:
+    """The request's decoding parameters, or the OpenAI error that refuses them."""
+    if body.model != server.name:
+        raise OpenAIError(404, f"no model {body.model!r}", param="model", code="model_not_found")
+    if body.n != 1:
+        raise OpenAIError(400, "only n = 1 is served", param="n")
+    for penalty in ("frequency_penalty", "presence_penalty"):
+        if getattr(body, penalty):
+            raise OpenAIError(400, f"{penalty} is not served", param=penalty)
+    if len(body.messages) > server.config.max_messages:
+        limit = server.config.max_messages
+        raise OpenAIError(400, f"more than {limit} messages", param="messages")
+    wanted = body.max_completion_tokens or body.max_tokens or min(256, server.config.max_tokens)
+    if wanted > server.config.max_tokens:
+        raise OpenAIError(
+            400, f"at most {server.config.max_tokens} tokens may be generated", param="max_tokens"
+        )
+    stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+    try:
+        return DecodingConfig(
+            max_new_tokens=wanted,
+            temperature=body.temperature or 0.0,
+            top_p=body.top_p or 1.0,
+            stop=tuple(s for s in stop if s),
+            seed=body.seed or 0,
+        )
+    except EvalkitError as exc:
+        raise OpenAIError(400, exc.message) from None
+
+
+async def complete(server: Server, body: ChatCompletionRequest, streaming_response):
+    """One chat completion: decoded by the engine, logged, measured."""
+    config = decoding(server, body)
+    messages = [m.model_dump() for m in body.messages]
+    prompt_tokens = len(
+        server.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=False
+        )
+    )
+    if prompt_tokens + config.max_new_tokens > server.context:
+        raise OpenAIError(
+            400,
+            f"the prompt is {prompt_tokens} tokens and {config.max_new_tokens} more are asked, "
+            f"over the model's context of {server.context}",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    response_id = new_id("chatcmpl")
+    exchange = {
+        "response_id": response_id,
+        "request_id": new_id("req"),
+        "conversation_id": (body.metadata or {}).get("conversation_id"),
+        "model": server.name,
+        "model_version": server.identity["model_hash"],
+        "chat_template_fingerprint": server.identity["chat_template_fingerprint"],
+        "prompt": messages,
+        "prompt_tokens": prompt_tokens,
+        "metadata": body.metadata,
+    }
+    result: asyncio.Future = loop.create_future()
+    tokens_out: asyncio.Queue = asyncio.Queue()
+    first: list[float] = []
+
+    def on_token(tokens: list[int]) -> None:
+        if not first:
+            first.append(time.perf_counter())
+        if body.stream:
+            loop.call_soon_threadsafe(tokens_out.put_nowait, list(tokens))
+
+    def done(outcome) -> None:
+        loop.call_soon_threadsafe(_settle, result, outcome)
+
+    try:
+        server.engine.submit(Job(messages, config, done, on_token))
+    except Busy:
+        server.metrics.requests.labels(server.name, "429", "").inc()
+        raise OpenAIError(
+            429, "the server is busy; retry shortly", type="rate_limit_error",
+            headers={"Retry-After": "1"},
+        ) from None  # fmt: skip
+
+    def finish(status: int, generation: Generation | None, error: str | None = None) -> None:
+        latency = time.perf_counter() - started
+        ttft = (first[0] - started) if first else None
+        reason = generation.finish_reason if generation else ""
+        m, label = server.metrics, server.name
+        m.requests.labels(label, str(status), reason).inc()
+        if generation is not None:
+            m.latency.labels(label).observe(latency)
+            m.prompt_tokens.labels(label).observe(prompt_tokens)
+            m.generation_tokens.labels(label).observe(generation.tokens)
+            m.generated_tokens.labels(label).inc(generation.tokens)
+            if ttft is not None:
+                m.time_to_first_token.labels(label).observe(ttft)
+                if generation.tokens > 1:
+                    per_token = (latency - ttft) / (generation.tokens - 1)
+                    m.time_per_output_token.labels(label).observe(per_token)
+            server.responses[response_id] = None
+            while len(server.responses) > 100_000:
+                server.responses.pop(next(iter(server.responses)))
+        server.record(
+            [
+                make_event(
+                    **exchange,
+                    response=generation.text if generation else None,
+                    finish_reason=reason or None,
+                    completion_tokens=generation.tokens if generation else None,
+                    latency_s=latency,
+                    ttft_s=ttft,
+                    status=status,
+                    error=error,
+                )
+            ]
+        )
+
+    def usage(generation: Generation) -> dict:
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": generation.tokens,
+            "total_tokens": prompt_tokens + generation.tokens,
+        }
+
+    created = int(time.time())
+    if not body.stream:
+        generation = await _wait(server, result, finish)
+        finish(200, generation)
+        return {
+            "id": response_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": server.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": generation.text},
+                    "finish_reason": generation.finish_reason,
+                }
+            ],
+            "usage": usage(generation),
+        }
+
+    text = TextStream(server.model, server.tokenizer, config)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(delta: dict, reason: str | None = None, **extra) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": reason}
+        data = {
+            "id": response_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": server.name,
+            "choices": [choice],
+        }
+        return f"data: {json.dumps(data | extra, ensure_ascii=False)}\n\n"
+
+    async def events():
+        generation = None
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while True:
+                while not tokens_out.empty():
+                    if delta := text.delta(tokens_out.get_nowait()):
+                        yield chunk({"content": delta})
+                if result.done():
+                    break
+                getter = asyncio.ensure_future(tokens_out.get())
+                await asyncio.wait({getter, result}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    if delta := text.delta(getter.result()):
+                        yield chunk({"content": delta})
+                else:
+                    getter.cancel()
+            generation = result.result()
+            if isinstance(generation, BaseException):
+                raise generation
+            if rest := text.rest(generation.text):
+                yield chunk({"content": rest})
+            yield chunk({}, generation.finish_reason)
+            if include_usage:
+                data = {
+                    "id": response_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": server.name,
+                    "choices": [],
+                    "usage": usage(generation),
+                }
+                yield f"data: {json.dumps(data)}\n\n"
+            yield "data: [DONE]\n\n"
+            finish(200, generation)
+        except asyncio.CancelledError:  # the client went away mid-stream
+            finish(499, None, "the client closed the connection")
+            raise
+        except Exception as exc:
+            log.exception("decoding failed")
+            finish(500, None, repr(exc))
+            error = OpenAIError(500, "decoding failed", type="server_error")
+            yield f"data: {json.dumps(error.body())}\n\n"
+
+    return streaming_response(events(), media_type="text/event-stream")
+
+
+def _settle(future: asyncio.Future, outcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+async def _wait(server: Server, result: asyncio.Future, finish) -> Generation:
+    try:
+        outcome = await asyncio.wait_for(asyncio.shield(result), server.config.timeout_s)
+    except TimeoutError:
+        finish(504, None, "timed out")
+        raise OpenAIError(504, "the request timed out", type="timeout_error") from None
+    if isinstance(outcome, BaseException):
+        log.error("decoding failed: %r", outcome)
+        finish(500, None, repr(outcome))
+        raise OpenAIError(500, "decoding failed", type="server_error")
+    return outcome
+
+
+def serve(config: ServeConfig, events_dir: Path) -> None:
+    """Load the model and serve it until SIGTERM or SIGINT (which flush the event log)."""
+    import uvicorn
+
+    server = Server(config, events_dir)
+    uvicorn.run(create_app(server), host=config.host, port=config.port, log_level="warning")

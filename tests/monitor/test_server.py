@@ -1,0 +1,255 @@
+"""The server, driven by the official ``openai`` client over real HTTP (uvicorn on a free
+loopback port): answers equal an evaluation run's, every exchange is logged, every refusal is
+OpenAI's error body with a 4xx."""
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import duckdb
+import openai
+import pytest
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from evalkit.errors import EvalkitError
+from evalkit.generation import DecodingConfig, generate
+from monitor.events import LogConfig
+from monitor.server import ServeConfig, Server, create_app
+
+QUESTION = [{"role": "user", "content": "how are you?"}]
+PROMPTS = [
+    QUESTION,
+    [{"role": "user", "content": "what do you like to do?"}],
+    [{"role": "user", "content": "hello there"}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "any plans?"}],
+]
+
+
+# The micro model's greedy answers are empty; seeded sampling gives text, reproducibly.
+SAMPLED = {"temperature": 1.0, "seed": 7}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(micro_model, tmp_path_factory):
+    events = tmp_path_factory.mktemp("events")
+    config = ServeConfig(
+        str(micro_model), name="micro", max_tokens=16, log=LogConfig(max_age_s=0.1)
+    )
+    server = Server(config, events)
+    port = _free_port()
+    web = uvicorn.Server(
+        uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not web.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert web.started
+    base = f"http://127.0.0.1:{port}"
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    try:
+        yield SimpleNamespace(base=base, client=client, server=server, events=events, port=port)
+    finally:
+        web.should_exit = True
+        thread.join(timeout=30)
+
+
+def _offline(server, messages, max_new_tokens=8, **decoding):
+    config = DecodingConfig(max_new_tokens=max_new_tokens, **SAMPLED, **decoding)
+    return generate(server.model, server.tokenizer, [messages], config)[0]
+
+
+def _post(base, path, data: bytes, content_type="application/json"):
+    request = urllib.request.Request(
+        base + path, data=data, headers={"Content-Type": content_type}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _logged(events) -> list[dict]:
+    time.sleep(0.4)  # past the log's flush age
+    con = duckdb.connect()
+    rows = con.execute(f"SELECT * FROM read_parquet('{events}/*/*.parquet', union_by_name=true)")
+    names = [d[0] for d in rows.description]
+    return [dict(zip(names, row)) for row in rows.fetchall()]
+
+
+def test_a_plain_answer_equals_the_evaluation_run_and_is_logged(served):
+    answer = served.client.chat.completions.create(
+        model="micro", messages=QUESTION, max_tokens=8, **SAMPLED
+    )
+    expected = _offline(served.server, QUESTION)
+    choice = answer.choices[0]
+    assert expected.text and choice.message.role == "assistant"
+    assert choice.message.content == expected.text
+    assert choice.finish_reason == expected.finish_reason
+    assert answer.usage.completion_tokens == expected.tokens
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + expected.tokens
+    event = next(e for e in _logged(served.events) if e["response_id"] == answer.id)
+    assert event["type"] == "exchange" and event["status"] == 200
+    assert json.loads(event["prompt"]) == QUESTION and event["response"] == expected.text
+    assert event["model_version"] == served.server.identity["model_hash"]
+    assert event["latency_s"] > 0 and event["completion_tokens"] == expected.tokens
+
+
+def test_a_streamed_answer_is_the_plain_one_in_pieces(served):
+    stream = served.client.chat.completions.create(
+        model="micro",
+        messages=QUESTION,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+        **SAMPLED,
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    expected = _offline(served.server, QUESTION, 12)
+    assert text == expected.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == expected.finish_reason
+    assert chunks[-1].usage.completion_tokens == expected.tokens
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # pieces
+
+
+def test_a_stop_sequence_is_never_streamed(served):
+    plain = _offline(served.server, PROMPTS[1], 16)
+    stop = plain.text.split()[1] if len(plain.text.split()) > 1 else "zzz"
+    stream = served.client.chat.completions.create(
+        model="micro", messages=PROMPTS[1], max_tokens=16, stop=stop, stream=True, **SAMPLED
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == _offline(served.server, PROMPTS[1], 16, stop=(stop,)).text
+    assert stop not in text
+
+
+def test_requests_sent_together_are_answered_as_alone(served):
+    async def ask_all():
+        client = openai.AsyncOpenAI(base_url=served.client.base_url, api_key="x", max_retries=0)
+        answers = await asyncio.gather(
+            *(
+                client.chat.completions.create(model="micro", messages=p, max_tokens=8, **SAMPLED)
+                for p in PROMPTS * 3
+            )
+        )
+        await client.close()
+        return [a.choices[0].message.content for a in answers]
+
+    expected = [_offline(served.server, p).text for p in PROMPTS] * 3
+    assert asyncio.run(ask_all()) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "param"),
+    [
+        ({"model": "gpt-4"}, openai.NotFoundError, "model"),
+        ({"n": 2}, openai.BadRequestError, "n"),
+        ({"max_tokens": 10_000}, openai.BadRequestError, "max_tokens"),
+        ({"temperature": 5}, openai.BadRequestError, "temperature"),
+        ({"messages": []}, openai.BadRequestError, "messages"),
+        ({"messages": [{"role": "user", "content": "hi " * 200}]}, openai.BadRequestError, None),
+        ({"frequency_penalty": 1.0}, openai.BadRequestError, "frequency_penalty"),
+    ],
+)
+def test_a_bad_request_is_a_4xx_with_openais_error_body(served, kwargs, error, param):
+    request = {"model": "micro", "messages": QUESTION, "max_tokens": 4} | kwargs
+    with pytest.raises(error) as info:
+        served.client.chat.completions.create(**request)
+    body = info.value.body
+    assert set(body) >= {"message", "type", "param", "code"} and body["message"]
+    if param:
+        assert param in str(body["param"])
+
+
+def test_malformed_bodies_are_refused_with_an_error_body(served):
+    status, body = _post(served.base, "/v1/chat/completions", b"{not json")
+    assert status == 400 and body["error"]["message"]
+    status, body = _post(served.base, "/v1/chat/completions", b"a=b", "text/plain")
+    assert 400 <= status < 500 and body["error"]["message"]
+    big = json.dumps({"model": "micro", "messages": QUESTION, "pad": "x" * (2 << 20)}).encode()
+    status, body = _post(served.base, "/v1/chat/completions", big)
+    assert status == 413 and "bytes" in body["error"]["message"]
+
+
+def test_feedback_and_events_from_elsewhere_are_logged(served):
+    answer = served.client.chat.completions.create(model="micro", messages=QUESTION, max_tokens=4)
+    verdict = {"response_id": answer.id, "thumbs": "down", "correction": "I am well, thanks."}
+    assert _post(served.base, "/v1/feedback", json.dumps(verdict).encode())[0] == 200
+    status, body = _post(served.base, "/v1/feedback", b'{"response_id": "nope", "rating": 2}')
+    assert status == 404 and body["error"]["param"] == "response_id"
+    status, _ = _post(served.base, "/v1/feedback", b'{"response_id": "x", "rating": 9}')
+    assert status == 400
+    elsewhere = {
+        "events": [
+            {"prompt": QUESTION, "response": "fine", "model": "vllm-model", "latency_s": 0.2},
+            {"prompt": QUESTION, "response": "ok", "timestamp": "2026-12-01T10:00:00Z"},
+        ]
+    }
+    assert _post(served.base, "/v1/events", json.dumps(elsewhere).encode()) == (
+        200,
+        {"status": "recorded", "events": 2},
+    )
+    status, body = _post(served.base, "/v1/events", b'{"events": [{"promt": "x"}]}')
+    assert status == 400 and "promt" in body["error"]["message"]
+    logged = _logged(served.events)
+    feedback = next(e for e in logged if e["type"] == "feedback")
+    assert feedback["response_id"] == answer.id and feedback["user_feedback"] == -1
+    assert feedback["correction"] == "I am well, thanks."
+    assert {e["response"] for e in logged} >= {"fine", "ok"}
+
+
+def test_models_health_and_metrics(served, require_binary):
+    import subprocess
+
+    served.client.chat.completions.create(model="micro", messages=QUESTION, max_tokens=4)
+    (model,) = served.client.models.list().data
+    assert model.id == "micro"
+    assert model.model_extra["evalkit"]["model_hash"] == served.server.identity["model_hash"]
+    for path in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(served.base + path, timeout=10) as response:
+            assert response.status == 200
+    with urllib.request.urlopen(served.base + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    requests = families["evalkit_requests"].samples
+    assert any(
+        s.labels == {"model_name": "micro", "status": "200", "finish_reason": "length"}
+        and s.value >= 1
+        for s in requests
+        if s.name == "evalkit_requests_total"
+    )
+    for name in (
+        "evalkit_e2e_request_latency_seconds",
+        "evalkit_time_to_first_token_seconds",
+        "evalkit_generation_tokens",
+        "evalkit_model_info",
+    ):
+        assert name in families
+    labels = {k for f in families.values() for s in f.samples for k in s.labels}
+    assert not labels & {"response_id", "user", "prompt"}
+    promtool = require_binary("promtool")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_binding_beyond_loopback_needs_api_keys(micro_model, tmp_path):
+    with pytest.raises(EvalkitError, match="API keys are required"):
+        ServeConfig(str(micro_model), host="0.0.0.0")
+    ServeConfig(str(micro_model), host="::1")  # loopback: no key needed
