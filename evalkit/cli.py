@@ -364,6 +364,15 @@ def _cmd_monitor_events(args: argparse.Namespace) -> None:
         print(f"{str(row['timestamp'])[:19]}  {row['model']}  {row['status']}  {response}")
 
 
+def _cmd_monitor_import(args: argparse.Namespace) -> None:
+    from evalkit.workspace import open_workspace
+    from monitor.ingest import import_file
+
+    mapping = {src: dest for src, dest in _key_values(args.map, "--map").items()}
+    count = import_file(args.file, open_workspace(args.workspace).events_dir, mapping)
+    print(f"imported {count} exchanges from {args.file}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from evalkit.demo import run_demo
 
@@ -776,6 +785,18 @@ def _add_monitor_parsers(commands) -> None:
     events.add_argument("--limit", type=_positive, default=20, help="latest exchanges shown")
     events.add_argument("--export", metavar="FILE", help="write conversation JSONL instead")
     events.set_defaults(func=_cmd_monitor_events)
+    imported = monitor_commands.add_parser(
+        "import",
+        help="recorded exchanges (JSONL, CSV or Parquet) into the event log",
+        description="Write each row of FILE to the event log as an exchange, timestamps kept "
+        "as given; --map renames the file's columns to the log's (prompt, response, model, "
+        "timestamp, latency_s, ...); other columns go into metadata.",
+    )
+    imported.add_argument("file", help="JSONL, CSV or Parquet")
+    imported.add_argument(
+        "--map", action="append", metavar="SRC=DEST", help="a file column to a log column"
+    )
+    imported.set_defaults(func=_cmd_monitor_import)
 
 
 def _add_rate_parser(commands) -> None:

@@ -1,6 +1,7 @@
 """The event log: whole files only, flushed by size and age, readable by DuckDB and pyarrow,
 and nothing acknowledged lost when a writer is killed with the write-ahead log on."""
 
+import json
 import os
 import signal
 import subprocess
@@ -119,3 +120,44 @@ def test_a_killed_writer_loses_at_most_its_buffer(tmp_path, wal):
         EventLog(tmp_path, LogConfig(wal=True)).close()
         ids = duckdb.connect().execute(f"SELECT event_id FROM '{tmp_path}/*/*.parquet'").fetchall()
         assert sorted(i for (i,) in ids) == sorted(f"e{i}" for i in range(50))
+
+
+def test_recorded_exchanges_are_imported_with_their_columns_mapped(tmp_path):
+    from evalkit.cli import main
+
+    csv = tmp_path / "old.csv"
+    csv.write_text(
+        "q,a,when,team\nHow do I install pip?,python -m ensurepip,2026-11-30T08:00:00Z,web\n"
+        "What is a venv?,An isolated environment.,2026-12-01T09:30:00Z,app\n"
+    )
+    ws = tmp_path / "ws"
+    args = ["--workspace", str(ws), "monitor", "import", str(csv)]
+    maps = ["--map", "q=prompt", "--map", "a=response", "--map", "when=timestamp"]
+    assert main([*args, *maps]) == 0
+    rows = (
+        duckdb.connect()
+        .execute(
+            f"SELECT prompt, response, timestamp, metadata, date FROM "
+            f"read_parquet('{ws}/events/*/*.parquet', hive_partitioning=true) ORDER BY timestamp"
+        )
+        .fetchall()
+    )
+    assert [r[1] for r in rows] == ["python -m ensurepip", "An isolated environment."]
+    assert str(rows[0][4]) == "2026-11-30" and json.loads(rows[1][3]) == {"team": "app"}
+    assert main([*args, "--map", "q=promt"]) == 2  # a typo: named, nothing written
+    assert main(args) == 2  # no prompt column: named
+
+
+def test_the_log_exports_conversations_with_feedback(tmp_path):
+    from monitor.events import export_conversations
+
+    log = EventLog(tmp_path)
+    exchange = _exchange(1, response_id="r1")
+    log.append(exchange)
+    log.append(make_event(type="feedback", response_id="r1", user_feedback=-1, correction="fixed"))
+    log.close()
+    out = tmp_path / "conversations.jsonl"
+    assert export_conversations(tmp_path, out) == 1
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["messages"][-1] == {"role": "assistant", "content": "fixed"}
+    assert record["user_feedback"] == -1 and record["corrected"] is True

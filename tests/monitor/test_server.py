@@ -253,3 +253,26 @@ def test_binding_beyond_loopback_needs_api_keys(micro_model, tmp_path):
     with pytest.raises(EvalkitError, match="API keys are required"):
         ServeConfig(str(micro_model), host="0.0.0.0")
     ServeConfig(str(micro_model), host="::1")  # loopback: no key needed
+
+
+def test_the_client_of_a_model_served_elsewhere_counts_every_event(served, tmp_path):
+    from monitor.client import EventClient
+
+    client = EventClient(served.base, max_batch=7, max_wait_s=0.05)
+    for i in range(20):
+        client.log(prompt=QUESTION, response=f"elsewhere {i}", model="vllm-model")
+    assert client.flush()
+    client.close()
+    assert (client.sent, client.failed, client.dropped) == (20, 0, 0)
+    responses = {e["response"] for e in _logged(served.events)}
+    assert {f"elsewhere {i}" for i in range(20)} <= responses
+
+    unreachable = EventClient(f"http://127.0.0.1:{_free_port()}", retries=0, max_wait_s=0.01)
+    unreachable.log(prompt=QUESTION, response="lost?")
+    unreachable.close()
+    assert (unreachable.sent, unreachable.failed) == (0, 1)  # counted, not silent
+
+    direct = EventClient(events_dir=tmp_path, max_wait_s=0.01)
+    direct.log(prompt=QUESTION, response="straight to the log")
+    direct.close()
+    assert direct.sent == 1 and list(tmp_path.glob("date=*/*.parquet"))
