@@ -190,11 +190,12 @@ def create_app(server: Server):
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        try:
-            size = int(request.headers.get("content-length") or 0)
-        except ValueError:
-            size = 0
-        if size > server.config.max_body_bytes:
+        length = request.headers.get("content-length")
+        if request.method == "POST" and not (length or "").isdigit():
+            # A body of unstated length could be any size: ask for one that says.
+            error = OpenAIError(411, "a request body needs a Content-Length")
+            return JSONResponse(error.body(), status_code=411)
+        if int(length or 0) > server.config.max_body_bytes:
             error = OpenAIError(413, f"the body is over {server.config.max_body_bytes} bytes")
             return JSONResponse(error.body(), status_code=413)
         if server.keys and request.url.path.startswith("/v1/"):

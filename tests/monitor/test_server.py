@@ -3,6 +3,7 @@ loopback port): answers equal an evaluation run's, every exchange is logged, eve
 OpenAI's error body with a 4xx."""
 
 import asyncio
+import http.client
 import json
 import socket
 import threading
@@ -181,9 +182,20 @@ def test_malformed_bodies_are_refused_with_an_error_body(served):
     assert status == 400 and body["error"]["message"]
     status, body = _post(served.base, "/v1/chat/completions", b"a=b", "text/plain")
     assert 400 <= status < 500 and body["error"]["message"]
-    big = json.dumps({"model": "micro", "messages": QUESTION, "pad": "x" * (2 << 20)}).encode()
-    status, body = _post(served.base, "/v1/chat/completions", big)
-    assert status == 413 and "bytes" in body["error"]["message"]
+    # A body over the limit is refused on its Content-Length, before it is read.
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    connection.putrequest("POST", "/v1/chat/completions")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(2 << 20))
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and "bytes" in json.loads(response.read())["error"]["message"]
+    connection.close()
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", body=iter([b"{}"]))  # chunked
+    response = connection.getresponse()
+    assert response.status == 411 and json.loads(response.read())["error"]["message"]
+    connection.close()
 
 
 def test_feedback_and_events_from_elsewhere_are_logged(served):
