@@ -8,8 +8,9 @@ side. DuckDB (``read_parquet('events/*/*.parquet', hive_partitioning=true)``), p
 engine that reads Hive-partitioned Parquet query the files directly.
 
 **Loss bound.** An event is acknowledged once it is in the buffer. A process killed outright
-(SIGKILL, power loss) loses at most the unflushed buffer: fewer than ``max_events`` events,
-none older than ``max_age_s``. With ``wal=True`` each event is first appended to a write-ahead
+(SIGKILL, power loss) loses what no renamed file holds yet: the buffer (fewer than
+``max_events`` events plus the last request's, none older than ``max_age_s``) and a batch
+being written at that instant. With ``wal=True`` each event is first appended to a write-ahead
 file and fsync'd before it is acknowledged; the next writer on the same folder replays what
 the files lack, so nothing acknowledged is lost. A clean close (SIGTERM, SIGINT) flushes.
 
