@@ -1,0 +1,171 @@
+"""Serving throughput: `evalkit serve` against `transformers serve`, same model, same machine.
+
+Held-out support questions (fixtures/support_faq.jsonl), greedy, at most 64 new tokens, sent by
+the official ``openai`` async client, streamed (so time to first token is measured), by 1, 8
+and 32 concurrent clients. Prints generated tokens/s, p50/p99 end-to-end latency and time to
+first token for each server and concurrency, the ratios, and the offline ceiling: what
+``evalkit.generation`` decodes in batches of 32 on the same prompts.
+
+    .venv/bin/python benchmarks/bench_serve.py [--requests 64] [--clients 1,8,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from evalkit.workspace import open_workspace
+from finetune.base_model import build_base_model
+from finetune.data.corpora import load_support_faq
+
+MAX_TOKENS = 64
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(command: list[str], health: str) -> subprocess.Popen:
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(health, timeout=1):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"{command[0]} exited with {proc.returncode}") from None
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{' '.join(command)} did not start")
+
+
+async def drive(base: str, model: str, prompts: list[list[dict]], clients: int) -> dict:
+    """Every prompt once, ``clients`` at a time, streamed; per-request latency and TTFT."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0, timeout=600)
+    todo = list(prompts)
+    latencies, ttfts, tokens = [], [], 0
+
+    async def worker() -> None:
+        nonlocal tokens
+        while todo:
+            messages = todo.pop()
+            started = time.perf_counter()
+            first = None
+            stream = await client.chat.completions.create(
+                model=model,
+                messages=messages,
+                max_tokens=MAX_TOKENS,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for chunk in stream:
+                if first is None and chunk.choices and chunk.choices[0].delta.content:
+                    first = time.perf_counter()
+                if chunk.usage:
+                    tokens += chunk.usage.completion_tokens
+            end = time.perf_counter()
+            latencies.append(end - started)
+            ttfts.append((first or end) - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    wall = time.perf_counter() - started
+    await client.close()
+    q = statistics.quantiles
+    return {
+        "tokens_per_s": tokens / wall,
+        "p50": statistics.median(latencies),
+        "p99": q(latencies, n=100)[98] if len(latencies) > 1 else latencies[0],
+        "ttft_p50": statistics.median(ttfts),
+        "ttft_p99": q(ttfts, n=100)[98] if len(ttfts) > 1 else ttfts[0],
+        "tokens": tokens,
+    }
+
+
+def offline_ceiling(model_dir: Path, prompts: list[list[dict]]) -> float:
+    from evalkit.generation import DecodingConfig, generate
+    from evalkit.models import load_model
+
+    model, tokenizer = load_model(model_dir)
+    config = DecodingConfig(max_new_tokens=MAX_TOKENS)
+    generate(model, tokenizer, prompts[:4], config)  # warm-up
+    started = time.perf_counter()
+    out = generate(model, tokenizer, prompts, config, batch_size=32)
+    return sum(g.tokens for g in out) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", default=str(Path.home() / ".cache" / "evalkit-bench"))
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--peer-modes", default="plain,continuous", help="transformers serve modes")
+    args = parser.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    model_dir = build_base_model(open_workspace(args.workspace), "default")
+    faq = load_support_faq()
+    prompts = [r["messages"][:-1] for r in faq[-args.requests :]]  # questions, answers held out
+
+    servers = {}
+    port = free_port()
+    evalkit_cmd = [sys.executable, "-m", "evalkit.cli", "--workspace", args.workspace, "serve"]
+    evalkit_cmd += ["--model", str(model_dir), "--name", "bench", "--port", str(port)]
+    servers["evalkit serve"] = (evalkit_cmd, port, "bench", "/healthz")
+    peer = str(Path(sys.executable).with_name("transformers"))
+    for mode in args.peer_modes.split(","):
+        port = free_port()
+        command = [peer, "serve", str(model_dir), "--port", str(port), "--host", "127.0.0.1"]
+        if mode == "continuous":
+            command.append("--continuous-batching")
+        servers[f"transformers serve ({mode})"] = (command, port, str(model_dir), "/health")
+
+    results = {}
+    for name, (command, port, model, health) in servers.items():
+        proc = start(command, f"http://127.0.0.1:{port}{health}")
+        try:
+            base = f"http://127.0.0.1:{port}/v1"
+            asyncio.run(drive(base, model, prompts[:4], 2))  # warm-up
+            for n in clients:
+                results[name, n] = asyncio.run(drive(base, model, prompts, n))
+                r = results[name, n]
+                print(
+                    f"{name:<34} {n:>3} clients: {r['tokens_per_s']:>8,.0f} tokens/s  "
+                    f"p50 {r['p50']:.3f} s  p99 {r['p99']:.3f} s  "
+                    f"TTFT p50 {r['ttft_p50']:.3f} s  p99 {r['ttft_p99']:.3f} s",
+                    flush=True,
+                )
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    ceiling = offline_ceiling(model_dir, prompts)
+    print(f"offline evalkit.generation, batches of 32: {ceiling:,.0f} tokens/s")
+    top = max(clients)
+    for n in clients:
+        ours = results["evalkit serve", n]["tokens_per_s"]
+        peers = {k[0]: v["tokens_per_s"] for k, v in results.items() if k[1] == n}
+        del peers["evalkit serve"]
+        if peers:
+            best = max(peers, key=peers.get)
+            print(f"{n} clients: evalkit / {best}: {ours / peers[best]:.2f}x")
+    share = results["evalkit serve", top]["tokens_per_s"] / ceiling
+    print(f"{top} clients: evalkit serve at {share:.0%} of the offline ceiling")
+
+
+if __name__ == "__main__":
+    main()
