@@ -260,7 +260,9 @@ class EventLog:
                 pq.write_table(table, tmp)
                 os.replace(tmp, folder / name)
                 self.written += len(rows)
-            except OSError:
+            except (
+                Exception
+            ):  # a full disk, or an event the schema cannot hold: counted, not silent
                 log.exception("cannot write %d events to %s", len(rows), folder)
                 self.lost += len(rows)
                 if self._on_lost is not None:

@@ -3,7 +3,8 @@
 ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``, ``POST /v1/feedback``
 (a verdict on a response, at any time), ``POST /v1/events`` (exchanges of a model served
 elsewhere), ``GET /healthz``, ``GET /readyz`` and ``GET /metrics``. Every refusal is OpenAI's
-error body with the status that fits; a user's mistake is never a 500.
+error body with the status that fits; a user's mistake is never a 500. A chat completion or
+feedback refused is logged with its status, as one answered is.
 
 Safe by default: it binds 127.0.0.1, and binding anywhere else needs API keys
 (``api_key_file``: one a line; kept as sha256 hashes, compared in constant time).
@@ -20,12 +21,13 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from evalkit.errors import EvalkitError
 from evalkit.generation import DecodingConfig, Generation, TextStream
 from monitor.engine import Busy, Engine, Job
-from monitor.events import EventLog, LogConfig, make_event, new_id
+from monitor.events import SCHEMA, EventLog, LogConfig, make_event, new_id
 from monitor.protocol import ChatCompletionRequest, EventsBatch, Feedback, OpenAIError
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,7 @@ class Server:
         )
         self.metrics.template_mismatch.labels(self.name).set(1 if self.mismatch else 0)
         self.metrics.feedback.labels(self.name, "thumbs_up")  # every series from the start
+        self.metrics.events_ingested.labels(self.name)
         self.metrics.requests.labels(self.name, "200", "stop")
         lost = self.metrics.events_lost.labels(self.name)
         self.events = EventLog(events_dir, config.log, on_lost=lost.inc)
@@ -171,39 +174,76 @@ def create_app(server: Server):
     app = FastAPI(title="evalkit serve", lifespan=lifespan)
     name = server.name
 
+    def refuse(request: Request, error: OpenAIError, log_it: bool = True) -> JSONResponse:
+        """OpenAI's error body; a refused exchange or feedback goes to the log with its status."""
+        kind = {"/v1/chat/completions": "exchange", "/v1/feedback": "feedback"}.get(
+            request.url.path
+        )
+        if kind and request.method == "POST" and log_it and not error.logged:
+            if kind == "exchange":  # counted where it was refused, as the answered ones are
+                server.metrics.requests.labels(name, str(error.status), "none").inc()
+            refusal = make_event(
+                type=kind,
+                request_id=new_id("req"),
+                model=name,
+                model_version=server.identity["model_hash"],
+                status=error.status,
+                error=error.message,
+            )
+            try:
+                server.record([refusal])
+            except EvalkitError:  # the log is closed: the server is stopping
+                log.warning("a %d refusal is not logged: the log is closed", error.status)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
     @app.exception_handler(OpenAIError)
     async def openai_error(request: Request, exc: OpenAIError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return refuse(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        if first.get("type") == "json_invalid":  # its loc is a character, not a field
+            error, at = (first.get("ctx") or {}).get("error"), first["loc"][-1]
+            return refuse(
+                request, OpenAIError(400, f"the body is not JSON: {error} (character {at})")
+            )
+        path = []
+        for part in first.get("loc", ())[1:]:
+            if isinstance(part, str) and "[" in part:
+                break  # a union member's tag (``function-after[...]``), not a field
+            path.append(str(part))
+        where = ".".join(path) or None
         message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-        return JSONResponse(OpenAIError(400, message, param=where).body(), status_code=400)
+        return refuse(request, OpenAIError(400, message, param=where))
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception):  # a bug: uvicorn logs the traceback
+        return refuse(request, OpenAIError(500, "the server failed", type="server_error"))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        body = OpenAIError(exc.status_code, str(exc.detail), type=kind).body()
-        return JSONResponse(body, status_code=exc.status_code)
+        return refuse(request, OpenAIError(exc.status_code, str(exc.detail), type=kind))
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         length = request.headers.get("content-length")
-        if request.method == "POST" and not (length or "").isdigit():
-            # A body of unstated length could be any size: ask for one that says.
-            error = OpenAIError(411, "a request body needs a Content-Length")
-            return JSONResponse(error.body(), status_code=411)
-        if int(length or 0) > server.config.max_body_bytes:
-            error = OpenAIError(413, f"the body is over {server.config.max_body_bytes} bytes")
-            return JSONResponse(error.body(), status_code=413)
+        allowed = True
         if server.keys and request.url.path.startswith("/v1/"):
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             digest = hashlib.sha256(given.encode()).digest()
-            if not any(hmac.compare_digest(digest, key) for key in server.keys):
-                error = OpenAIError(401, "a valid API key is required", type="authentication_error")
-                return JSONResponse(error.body(), status_code=401)
+            allowed = any(hmac.compare_digest(digest, key) for key in server.keys)
+        if request.method == "POST" and not (length or "").isdigit():
+            # A body of unstated length could be any size: ask for one that says.
+            error = OpenAIError(411, "a request body needs a Content-Length")
+            return refuse(request, error, log_it=allowed)  # strangers do not write the log
+        if int(length or 0) > server.config.max_body_bytes:
+            error = OpenAIError(413, f"the body is over {server.config.max_body_bytes} bytes")
+            return refuse(request, error, log_it=allowed)
+        if not allowed:
+            error = OpenAIError(401, "a valid API key is required", type="authentication_error")
+            return refuse(request, error, log_it=False)
         return await call_next(request)
 
     @app.get("/healthz")
@@ -268,12 +308,29 @@ def create_app(server: Server):
     async def events(body: EventsBatch):
         try:
             batch = [make_event(**e) for e in body.events]
-        except (EvalkitError, TypeError) as exc:
+            _loggable(batch)
+        except (EvalkitError, TypeError, ValueError, OverflowError, OSError, RecursionError) as exc:
             raise OpenAIError(400, str(exc), param="events") from None
         server.record(batch)
         return {"status": "recorded", "events": len(batch)}
 
     return app
+
+
+def _loggable(events: list[dict]) -> None:
+    """Raise ValueError for an event the log's writer could not write: it takes events as
+    given, and one it cannot write would be lost with its whole batch."""
+    import pyarrow as pa
+
+    for event in events:
+        stamp = event["timestamp"]
+        if not isinstance(stamp, datetime):
+            raise ValueError(f"timestamp {repr(stamp)[:80]} is not a time")
+        stamp.astimezone(UTC)  # OverflowError at the ends of the calendar
+    try:
+        pa.Table.from_pylist(events, schema=SCHEMA)
+    except pa.ArrowException as exc:
+        raise ValueError(f"an event does not fit the log's columns: {exc}") from None
 
 
 def _logged(server: Server, response_id: str) -> bool:
@@ -312,10 +369,13 @@ def decoding(server: Server, body: ChatCompletionRequest) -> DecodingConfig:
             400, f"at most {server.config.max_tokens} tokens may be generated", param="max_tokens"
         )
     stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+    temperature = body.temperature or 0.0
+    if temperature < 1e-6:  # as good as greedy; far lower, float32 logits / temperature overflow
+        temperature = 0.0
     try:
         return DecodingConfig(
             max_new_tokens=wanted,
-            temperature=body.temperature or 0.0,
+            temperature=temperature,
             top_p=body.top_p or 1.0,
             stop=tuple(s for s in stop if s),
             seed=body.seed or 0,
@@ -371,7 +431,6 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
     try:
         server.engine.submit(Job(messages, config, done, on_token))
     except Busy:
-        server.metrics.requests.labels(server.name, "429", "").inc()
         raise OpenAIError(
             429, "the server is busy; retry shortly", type="rate_limit_error",
             headers={"Retry-After": "1"},
@@ -380,7 +439,7 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
     def finish(status: int, generation: Generation | None, error: str | None = None) -> None:
         latency = time.perf_counter() - started
         ttft = (first[0] - started) if first else None
-        reason = generation.finish_reason if generation else ""
+        reason = generation.finish_reason if generation else "none"
         m, label = server.metrics, server.name
         m.requests.labels(label, str(status), reason).inc()
         if generation is not None:
@@ -462,7 +521,16 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
                 if result.done():
                     break
                 getter = asyncio.ensure_future(tokens_out.get())
-                await asyncio.wait({getter, result}, return_when=asyncio.FIRST_COMPLETED)
+                left = server.config.timeout_s - (time.perf_counter() - started)
+                await asyncio.wait(
+                    {getter, result}, timeout=max(left, 0), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not getter.done() and not result.done():  # the request's time is up
+                    getter.cancel()
+                    finish(504, None, "timed out")
+                    error = OpenAIError(504, "the request timed out", type="timeout_error")
+                    yield f"data: {json.dumps(error.body())}\n\n"
+                    return
                 if getter.done():
                     if delta := text.delta(getter.result()):
                         yield chunk({"content": delta})
@@ -486,7 +554,7 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
                 yield f"data: {json.dumps(data)}\n\n"
             yield "data: [DONE]\n\n"
             finish(200, generation)
-        except asyncio.CancelledError:  # the client went away mid-stream
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
             finish(499, None, "the client closed the connection")
             raise
         except Exception as exc:
@@ -508,11 +576,11 @@ async def _wait(server: Server, result: asyncio.Future, finish) -> Generation:
         outcome = await asyncio.wait_for(asyncio.shield(result), server.config.timeout_s)
     except TimeoutError:
         finish(504, None, "timed out")
-        raise OpenAIError(504, "the request timed out", type="timeout_error") from None
+        raise OpenAIError(504, "the request timed out", type="timeout_error", logged=True) from None
     if isinstance(outcome, BaseException):
         log.error("decoding failed: %r", outcome)
         finish(500, None, repr(outcome))
-        raise OpenAIError(500, "decoding failed", type="server_error")
+        raise OpenAIError(500, "decoding failed", type="server_error", logged=True)
     return outcome
 
 

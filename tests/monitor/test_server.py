@@ -219,7 +219,7 @@ def test_feedback_and_events_from_elsewhere_are_logged(served):
     status, body = _post(served.base, "/v1/events", b'{"events": [{"promt": "x"}]}')
     assert status == 400 and "promt" in body["error"]["message"]
     logged = _logged(served.events)
-    feedback = next(e for e in logged if e["type"] == "feedback")
+    feedback = next(e for e in logged if e["type"] == "feedback" and e["status"] == 200)
     assert feedback["response_id"] == answer.id and feedback["user_feedback"] == -1
     assert feedback["correction"] == "I am well, thanks."
     assert {e["response"] for e in logged} >= {"fine", "ok"}
