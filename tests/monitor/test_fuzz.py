@@ -7,22 +7,17 @@ log with its status, and every event accepted from elsewhere is there too."""
 import http.client
 import json
 import socket
-import threading
 import time
 import urllib.parse
 import uuid
 from collections import Counter
-from types import SimpleNamespace
 
 import duckdb
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import monitor.engine
-from monitor.events import LogConfig
-from monitor.server import ServeConfig, Server, create_app
 
 MODEL = "micro"
 QUESTION = [{"role": "user", "content": "how are you?"}]
@@ -34,35 +29,14 @@ SETTINGS = settings(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def fuzzed(micro_model, tmp_path):
+def fuzzed(serving, tmp_path):
     """A server of its own for each test, so its event log holds that test's events only."""
-    events = tmp_path / "events"
-    config = ServeConfig(str(micro_model), name=MODEL, max_tokens=16, log=LogConfig(max_age_s=0.1))
-    server = Server(config, events)
-    port = _free_port()
-    web = uvicorn.Server(
-        uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not web.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert web.started
-    try:
-        status, _, raw = _send(port, "GET", "/openapi.json")
+    with serving(tmp_path / "events") as served:
+        status, _, raw = _send(served.port, "GET", "/openapi.json")
         assert status == 200
-        yield SimpleNamespace(server=server, events=events, port=port, schema=json.loads(raw))
-    finally:
-        web.should_exit = True
-        thread.join(timeout=30)
+        served.schema = json.loads(raw)
+        yield served
 
 
 def _send(port, method, path, body=None, content_type="application/json"):

@@ -6,23 +6,16 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
-import openai
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
 
-from monitor.events import LogConfig
 from monitor.metrics import server_metrics
-from monitor.server import ServeConfig, Server, create_app
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "monitor" / "grafana.json"
 MODEL = "micro"
@@ -35,12 +28,6 @@ PROMPTS = [
     [{"role": "system", "content": "be brief"}, {"role": "user", "content": "any plans?"}],
 ]
 SAMPLED = {"temperature": 1.0, "seed": 7}  # the micro model's greedy answers are empty
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _panels(panels: list[dict]):
@@ -89,30 +76,13 @@ def dashboard() -> dict:
 
 
 @pytest.fixture(scope="module")
-def served(micro_model, tmp_path_factory):
-    config = ServeConfig(str(micro_model), name=MODEL, max_tokens=16, log=LogConfig(max_age_s=0.1))
-    server = Server(config, tmp_path_factory.mktemp("events"))
-    port = _free_port()
-    web = uvicorn.Server(
-        uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not web.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert web.started
-    base = f"http://127.0.0.1:{port}"
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-    try:
-        yield SimpleNamespace(base=base, client=client, server=server, port=port)
-    finally:
-        web.should_exit = True
-        thread.join(timeout=30)
+def served(serving, tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("events")) as served:
+        yield served
 
 
 @pytest.fixture
-def prometheus(served, tmp_path, require_binary):
+def prometheus(served, tmp_path, require_binary, free_port):
     """A real Prometheus scraping the server every second; its base URL."""
     binary = require_binary("prometheus")
     config = tmp_path / "prometheus.yml"
@@ -133,7 +103,7 @@ def prometheus(served, tmp_path, require_binary):
             [promtool, "check", "config", str(config)], capture_output=True, text=True
         )
         assert check.returncode == 0, check.stdout + check.stderr
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "prometheus.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -5,23 +5,18 @@ OpenAI's error body with a 4xx."""
 import asyncio
 import http.client
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
-from types import SimpleNamespace
 
 import duckdb
 import openai
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from evalkit.errors import EvalkitError
 from evalkit.generation import DecodingConfig, generate
-from monitor.events import LogConfig
-from monitor.server import ServeConfig, Server, create_app
+from monitor.server import ServeConfig
 
 QUESTION = [{"role": "user", "content": "how are you?"}]
 PROMPTS = [
@@ -36,36 +31,10 @@ PROMPTS = [
 SAMPLED = {"temperature": 1.0, "seed": 7}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(micro_model, tmp_path_factory):
-    events = tmp_path_factory.mktemp("events")
-    config = ServeConfig(
-        str(micro_model), name="micro", max_tokens=16, log=LogConfig(max_age_s=0.1)
-    )
-    server = Server(config, events)
-    port = _free_port()
-    web = uvicorn.Server(
-        uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not web.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert web.started
-    base = f"http://127.0.0.1:{port}"
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-    try:
-        yield SimpleNamespace(base=base, client=client, server=server, events=events, port=port)
-    finally:
-        web.should_exit = True
-        thread.join(timeout=30)
+def served(serving, tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("events")) as served:
+        yield served
 
 
 def _offline(server, messages, max_new_tokens=8, **decoding):
@@ -267,7 +236,7 @@ def test_binding_beyond_loopback_needs_api_keys(micro_model, tmp_path):
     ServeConfig(str(micro_model), host="::1")  # loopback: no key needed
 
 
-def test_the_client_of_a_model_served_elsewhere_counts_every_event(served, tmp_path):
+def test_the_client_of_a_model_served_elsewhere_counts_every_event(served, tmp_path, free_port):
     from monitor.client import EventClient
 
     client = EventClient(served.base, max_batch=7, max_wait_s=0.05)
@@ -279,7 +248,7 @@ def test_the_client_of_a_model_served_elsewhere_counts_every_event(served, tmp_p
     responses = {e["response"] for e in _logged(served.events)}
     assert {f"elsewhere {i}" for i in range(20)} <= responses
 
-    unreachable = EventClient(f"http://127.0.0.1:{_free_port()}", retries=0, max_wait_s=0.01)
+    unreachable = EventClient(f"http://127.0.0.1:{free_port()}", retries=0, max_wait_s=0.01)
     unreachable.log(prompt=QUESTION, response="lost?")
     unreachable.close()
     assert (unreachable.sent, unreachable.failed) == (0, 1)  # counted, not silent

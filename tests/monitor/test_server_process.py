@@ -4,7 +4,6 @@ the unflushed buffer of acknowledged events, and nothing with --wal."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,12 +13,6 @@ import duckdb
 import pytest
 
 BATCH = 25  # events a request sends
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(micro_model, workspace, port, *flags) -> subprocess.Popen:
@@ -75,10 +68,10 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
 
 
 @pytest.mark.parametrize(("wal", "flush_events"), [(True, 100_000), (False, 60)])
-def test_sigkill_under_load_loses_at_most_the_unflushed_buffer(
-    micro_model, tmp_path, wal, flush_events
+def test_sigkill_loses_at_most_the_unflushed_buffer(
+    micro_model, tmp_path, free_port, wal, flush_events
 ):
-    port = _free_port()
+    port = free_port()
     flags = ["--flush-events", str(flush_events), "--flush-seconds", "3600"]
     proc = _start(micro_model, tmp_path, port, *flags, *(["--wal"] if wal else []))
     acknowledged = []
@@ -91,7 +84,7 @@ def test_sigkill_under_load_loses_at_most_the_unflushed_buffer(
         _stop(proc, signal.SIGKILL)
     lost = set(acknowledged) - _logged(tmp_path)
     if wal:  # the next start replays the write-ahead log
-        port = _free_port()
+        port = free_port()
         _stop(_start(micro_model, tmp_path, port, *flags, "--wal"))
         assert set(acknowledged) <= _logged(tmp_path)
     else:  # the bound: what was waiting for the next flush
@@ -99,8 +92,8 @@ def test_sigkill_under_load_loses_at_most_the_unflushed_buffer(
         assert len(acknowledged) - len(lost) >= flush_events  # the full buffers were written
 
 
-def test_a_graceful_stop_flushes_everything(micro_model, tmp_path):
-    port = _free_port()
+def test_a_graceful_stop_flushes_everything(micro_model, tmp_path, free_port):
+    port = free_port()
     proc = _start(
         micro_model, tmp_path, port, "--flush-events", "100000", "--flush-seconds", "3600"
     )
