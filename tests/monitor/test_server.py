@@ -230,10 +230,21 @@ def test_models_health_and_metrics(served, require_binary):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_binding_beyond_loopback_needs_api_keys(micro_model, tmp_path):
+def test_binding_beyond_loopback_needs_api_keys(micro_model, tmp_path, serving):
     with pytest.raises(EvalkitError, match="API keys are required"):
-        ServeConfig(str(micro_model), host="0.0.0.0")
+        ServeConfig(str(micro_model), host="gpu-box.internal")  # any non-loopback name
     ServeConfig(str(micro_model), host="::1")  # loopback: no key needed
+    keys = tmp_path / "keys.txt"
+    keys.write_text("first-key\nsecond-key\n")
+    with serving(tmp_path / "events", api_key_file=str(keys)) as served:
+        with pytest.raises(openai.AuthenticationError):
+            served.client.models.list()
+        url = served.client.base_url
+        keyed = openai.OpenAI(base_url=url, api_key="second-key", max_retries=0)
+        assert keyed.models.list().data[0].id == "micro"
+        with urllib.request.urlopen(served.base + "/healthz", timeout=10) as response:
+            assert response.status == 200  # probes need no key
+    assert b"first-key" not in repr(vars(served.server)).encode()  # kept hashed
 
 
 def test_the_client_of_a_model_served_elsewhere_counts_every_event(served, tmp_path, free_port):
