@@ -49,6 +49,13 @@ def chat_template_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes; of a folder, over its files' names and bytes in order."""
+    if Path(path).is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode())
+            digest.update(sha256_file(file).encode())
+        return digest.hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from evalkit.errors import EvalkitError
+from evalkit.events import conversations, query
 
 log = logging.getLogger(__name__)
 
@@ -308,26 +309,6 @@ def logged_ids(folder: Path, wanted: set[str]) -> set[str]:
     return set(table.column("event_id").to_pylist()) & wanted
 
 
-def query(folder: str | Path, sql: str, params: list | None = None) -> list[dict]:
-    """Rows of ``sql`` over the view ``events`` (every Parquet file of the log), as dicts."""
-    import duckdb
-
-    files = sorted(Path(folder).glob("date=*/*.parquet"))
-    if not files:
-        raise EvalkitError(
-            f"no events under {folder}", hint="serve a model (`evalkit serve`) or send events"
-        )
-    con = duckdb.connect()
-    try:
-        rel = con.read_parquet([str(f) for f in files], hive_partitioning=True, union_by_name=True)
-        rel.create_view("events")
-        rows = con.execute(sql, params or [])
-        names = [d[0] for d in rows.description]
-        return [dict(zip(names, row)) for row in rows.fetchall()]
-    finally:
-        con.close()
-
-
 def summary(folder: str | Path, since: datetime | None = None) -> list[dict]:
     """Exchanges per model, status and feedback, with their latency, since a time."""
     return query(
@@ -359,35 +340,7 @@ def recent(folder: str | Path, limit: int = 20, since: datetime | None = None) -
 
 
 def export_conversations(folder: str | Path, path: str | Path) -> int:
-    """Logged exchanges as conversation JSONL (the messages format), ids and feedback in the
-    metadata, a correction replacing the response: what data preparation reads."""
+    """Logged exchanges as conversation JSONL (see :func:`evalkit.events.conversations`)."""
     from evalkit.workspace import write_jsonl
 
-    rows = query(
-        folder,
-        """SELECT e.event_id, e.response_id, e.model, e.prompt, e.response,
-                  f.user_feedback, f.correction
-           FROM events e
-           LEFT JOIN (SELECT response_id, min(user_feedback) AS user_feedback,
-                             max(correction) AS correction
-                      FROM events WHERE type = 'feedback' GROUP BY response_id) f
-                  ON f.response_id = e.response_id
-           WHERE e.type = 'exchange' AND e.response IS NOT NULL ORDER BY e.timestamp""",
-    )
-
-    def conversation(row: dict) -> dict:
-        try:
-            messages = json.loads(row["prompt"])
-        except (TypeError, ValueError):
-            messages = [{"role": "user", "content": row["prompt"] or ""}]
-        answer = row["correction"] or row["response"]
-        return {
-            "messages": [*messages, {"role": "assistant", "content": answer}],
-            "event_id": row["event_id"],
-            "response_id": row["response_id"],
-            "model": row["model"],
-            "user_feedback": row["user_feedback"],
-            "corrected": row["correction"] is not None,
-        }
-
-    return write_jsonl(map(conversation, rows), path)
+    return write_jsonl(conversations(folder), path)

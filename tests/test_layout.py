@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("evalkit", "finetune", "monitor", "dashboards")
 # Only these dispatch commands, so only they may import everything.
 DISPATCH = {"evalkit.cli", "evalkit.demo"}
-# What finetune may use of evalkit: the shared contracts, perplexity to measure a base model,
-# and the speedups (evalkit.accel).
+# What finetune may use of evalkit: the shared contracts (the event log's reader among them),
+# perplexity to measure a base model, and the speedups (evalkit.accel).
 CONTRACTS = (
     "evalkit",
     "evalkit.errors",
@@ -21,6 +21,7 @@ CONTRACTS = (
     "evalkit.provenance",
     "evalkit.chat",
     "evalkit.contamination",
+    "evalkit.events",
     "evalkit.perplexity",
 )
 # Statistics are pure functions over arrays (krippendorff is the reference alpha, numpy only).

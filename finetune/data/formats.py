@@ -136,6 +136,15 @@ def to_conversation(record: dict, fmt: str, source: str, fallback_id: str) -> di
     return {"messages": messages, **meta}
 
 
+def _read_event_log(spec: InputSpec) -> Iterator[Record]:
+    """The served exchanges, corrections in place of responses, event ids and feedback kept."""
+    from evalkit.events import conversations
+
+    for number, conversation in enumerate(conversations(spec.path), start=1):
+        conversation = {"id": conversation["event_id"], "source": spec.source, **conversation}
+        yield Record(str(spec.path), number, spec.source, conversation=conversation)
+
+
 def read_input(
     spec: InputSpec,
     fmt: str = "auto",
@@ -144,9 +153,13 @@ def read_input(
     prompt_column: str = "prompt",
     response_column: str = "response",
 ) -> Iterator[Record]:
-    """Yield one :class:`Record` per line (JSONL), element (JSON array) or row (CSV)."""
+    """Yield one :class:`Record` per line (JSONL), element (JSON array) or row (CSV), or per
+    exchange of an event log folder (``date=*/*.parquet``, as the monitor writes it)."""
     if fmt not in FORMATS:
         raise EvalkitError(f"unknown format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    if spec.path.is_dir():
+        yield from _read_event_log(spec)
+        return
     try:
         data = spec.path.read_bytes()
     except OSError as exc:

@@ -256,3 +256,28 @@ def test_cli_prepare_and_stats(tmp_path, capsys):
     assert main(["data", "prepare", str(src), "--out", str(out), "--strict"]) == 2
     assert f"{src}:11: malformed JSON" in capsys.readouterr().err
     assert main(["data", "stats", str(tmp_path)]) == 2
+
+
+def test_the_event_log_is_an_input_corrections_in_place_of_responses(tmp_path):
+    """Served exchanges become conversations; a correction replaces the answer it corrects,
+    and every record keeps its event id and feedback."""
+    from finetune.data.corpora import load_support_faq
+    from monitor.events import EventLog, make_event
+
+    log = EventLog(tmp_path / "events")
+    for i, pair in enumerate(load_support_faq()[:30]):  # real, distinct support exchanges
+        question, answer = pair["messages"][-2:]
+        log.append(make_event(prompt=[question], response=answer["content"], response_id=f"r{i}"))
+    fixed = "Use apt install package-0; apt fetches what it depends on."
+    log.append(make_event(type="feedback", response_id="r0", user_feedback=-1, correction=fixed))
+    log.close()
+    manifest = prepare([f"served={tmp_path / 'events'}"], tmp_path / "ds", PrepareConfig())
+    assert manifest["counts"]["read"] == 30 and manifest["counts"]["dropped"] == 0
+    records = [
+        json.loads(line)
+        for split in SPLITS
+        for line in (tmp_path / "ds" / f"{split}.jsonl").read_text().splitlines()
+    ]
+    first = next(r for r in records if r["response_id"] == "r0")
+    assert first["messages"][-1]["content"] == fixed and first["user_feedback"] == -1
+    assert all(r["event_id"].startswith("ev-") for r in records)
