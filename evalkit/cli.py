@@ -334,7 +334,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         max_waiting=args.max_waiting,
         log=LogConfig(max_events=args.flush_events, max_age_s=args.flush_seconds, wal=args.wal),
     )
-    serve(config, open_workspace(args.workspace).events_dir)
+    workspace = open_workspace(args.workspace)
+    serve(config, workspace.events_dir, workspace.store_path)
 
 
 def _cmd_monitor_events(args: argparse.Namespace) -> None:

@@ -83,24 +83,37 @@ def read_api_keys(path: str | None) -> list[bytes]:
     return [hashlib.sha256(k.encode()).digest() for k in keys]
 
 
-def _template_check(model_dir: Path, fingerprint: str) -> str | None:
-    """Why the served chat template differs from the one its training run recorded, or None."""
-    from evalkit.provenance import model_lineage
+def _template_check(model_dir: Path, fingerprint: str, store: Path | None) -> str | None:
+    """Why the served chat template differs from the one its training run or its last gate
+    report recorded, or None."""
+    from evalkit.provenance import model_hash, model_lineage
 
+    recorded = []
     run = model_lineage(model_dir).get("training_run")
     summary = Path(run) / "summary.json" if run else None
-    if not summary or not summary.is_file():
-        return None
-    trained = json.loads(summary.read_text()).get("chat_template_fingerprint")
-    if trained and trained != fingerprint:
-        return f"trained with chat template {trained[:12]}, served with {fingerprint[:12]}"
+    if summary and summary.is_file():
+        trained = json.loads(summary.read_text()).get("chat_template_fingerprint")
+        recorded.append(("trained", trained))
+    if store is not None and store.is_file():
+        from evalkit.gate import last_report_for
+        from evalkit.store import open_store
+
+        with open_store(store) as con:
+            report = last_report_for(con, model_hash(model_dir))
+        if report:
+            recorded.append(("gated", report["candidate"].get("chat_template_fingerprint")))
+    for how, value in recorded:
+        if value and value != fingerprint:
+            return f"{how} with chat template {value[:12]}, served with {fingerprint[:12]}"
     return None
 
 
 class Server:
     """A loaded model with its decoding thread, event log and metrics."""
 
-    def __init__(self, config: ServeConfig, events_dir: Path, registry=None):
+    def __init__(
+        self, config: ServeConfig, events_dir: Path, store: Path | None = None, registry=None
+    ):
         from prometheus_client import CollectorRegistry
 
         from evalkit.models import load_model
@@ -119,7 +132,9 @@ class Server:
             "chat_template_fingerprint": chat_template_fingerprint(self.tokenizer),
             "lineage": model_lineage(model_dir),
         }
-        self.mismatch = _template_check(model_dir, self.identity["chat_template_fingerprint"])
+        self.mismatch = _template_check(
+            model_dir, self.identity["chat_template_fingerprint"], store
+        )
         if self.mismatch and not config.allow_template_mismatch:
             raise EvalkitError(
                 f"{model_dir}: {self.mismatch}",
@@ -584,9 +599,10 @@ async def _wait(server: Server, result: asyncio.Future, finish) -> Generation:
     return outcome
 
 
-def serve(config: ServeConfig, events_dir: Path) -> None:
-    """Load the model and serve it until SIGTERM or SIGINT (which flush the event log)."""
+def serve(config: ServeConfig, events_dir: Path, store: Path | None = None) -> None:
+    """Load the model and serve it until SIGTERM or SIGINT (which flush the event log);
+    ``store`` holds the gate reports its chat template is checked against."""
     import uvicorn
 
-    server = Server(config, events_dir)
+    server = Server(config, events_dir, store)
     uvicorn.run(create_app(server), host=config.host, port=config.port, log_level="warning")

@@ -41,6 +41,7 @@ from evalkit.gate.judge import (
     too_small_to_detect,
 )
 from evalkit.gate.report import (
+    last_report_for,
     record_report,
     render_html,
     render_markdown,
@@ -59,6 +60,7 @@ __all__ = [
     "RuleResult",
     "judge_bias",
     "judge_metric",
+    "last_report_for",
     "load_spec",
     "record_report",
     "render_html",

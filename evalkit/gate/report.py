@@ -265,3 +265,15 @@ def record_report(con: duckdb.DuckDBPyConnection, report: GateReport, path: Path
         ],
     )
     return report_id
+
+
+def last_report_for(con: duckdb.DuckDBPyConnection, model_hash: str) -> dict | None:
+    """The newest gate report whose candidate is the model with that hash, or None."""
+    con.execute(REPORTS_SCHEMA)
+    row = con.execute(
+        "SELECT report FROM gate_reports "
+        "WHERE json_extract_string(report, '$.candidate.model_hash') = ? "
+        "ORDER BY created_at DESC LIMIT 1",
+        [model_hash],
+    ).fetchone()
+    return json.loads(row[0]) if row else None

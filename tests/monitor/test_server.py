@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from evalkit.errors import EvalkitError
 from evalkit.generation import DecodingConfig, generate
-from monitor.server import ServeConfig
+from monitor.server import ServeConfig, Server
 
 QUESTION = [{"role": "user", "content": "how are you?"}]
 PROMPTS = [
@@ -268,3 +268,31 @@ def test_the_client_of_a_model_served_elsewhere_counts_every_event(served, tmp_p
     direct.log(prompt=QUESTION, response="straight to the log")
     direct.close()
     assert direct.sent == 1 and list(tmp_path.glob("date=*/*.parquet"))
+
+
+def test_a_template_other_than_the_gated_one_is_refused(micro_model, tmp_path, serving):
+    from evalkit.gate.report import REPORTS_SCHEMA
+    from evalkit.provenance import model_hash
+    from evalkit.store import open_store
+
+    store = tmp_path / "evalkit.duckdb"
+    report = {
+        "candidate": {"model_hash": model_hash(micro_model), "chat_template_fingerprint": "x"}
+    }
+    with open_store(store) as con:
+        con.execute(REPORTS_SCHEMA)
+        con.execute(
+            "INSERT INTO gate_reports VALUES ('r1', 'b', 'c', '{}', 'pass', now(), '', ?)",
+            [json.dumps(report)],
+        )
+    with pytest.raises(EvalkitError, match="gated with chat template x"):
+        Server(ServeConfig(str(micro_model)), tmp_path / "refused", store)
+    allowed = Server(
+        ServeConfig(str(micro_model), allow_template_mismatch=True), tmp_path / "e", store
+    )
+    try:
+        assert "gated with chat template x" in allowed.mismatch
+        labels = {"model_name": allowed.name}
+        assert allowed.registry.get_sample_value("evalkit_chat_template_mismatch", labels) == 1
+    finally:
+        allowed.close()
