@@ -104,7 +104,7 @@ def cache_key(context: CacheContext, messages: list[dict], config: DecodingConfi
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _prompt_seed(messages: list[dict], config: DecodingConfig) -> int:
+def prompt_seed(messages: list[dict], config: DecodingConfig) -> int:
     """The sampling seed of one prompt: from the prompt and the decoding, not its batch."""
     payload = json.dumps([messages, config.key()], sort_keys=True, ensure_ascii=False)
     return int(hashlib.sha256(payload.encode()).hexdigest()[:15], 16)
@@ -178,79 +178,234 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _kv(cache) -> list[list]:
+    """The key and value tensors of every layer of a transformers cache, (batch, heads, time,
+    dim) each: ``cache.layers[i].keys/values`` in newer transformers, ``key_cache`` before."""
+    if hasattr(cache, "layers"):
+        return [[layer.keys, layer.values] for layer in cache.layers]
+    return [list(kv) for kv in zip(cache.key_cache, cache.value_cache)]
+
+
+def _set_kv(cache, tensors: list[list]) -> None:
+    if hasattr(cache, "layers"):
+        for layer, (keys, values) in zip(cache.layers, tensors):
+            layer.keys, layer.values = keys, values
+    else:
+        cache.key_cache = [k for k, _ in tensors]
+        cache.value_cache = [v for _, v in tensors]
+
+
+@dataclass(eq=False)
+class Row:
+    """One prompt being decoded: its tokens so far and how it stops."""
+
+    history: object  # the prompt and the generated tokens (1-d tensor), for the processors
+    generator: object  # seeded torch.Generator when sampling, else None
+    on_token: object = None  # on_token(tokens) after each token that does not end it by a stop
+    limit: int = 0  # the most tokens it may have
+    tokens: list[int] = field(default_factory=list)
+    done: bool = False
+    stopped: bool = False
+    tag: object = None  # the caller's
+
+
+class Decoder:
+    """Step-level decoding of prompts that share decoding parameters (but for
+    ``max_new_tokens``, which may be set per prompt).
+
+    Prompts join between steps (:meth:`add` prefills them as their own left-padded batch, then
+    merges their KV cache into the running one, left-padding the shorter along time) and rows
+    leave as soon as they are done (:meth:`finished` drops them and their cache rows). A row's
+    tokens do not depend on the rows beside it: positions count its own tokens, padding is
+    masked, the repetition processors see only its own tokens and sampling draws from its own
+    generator, seeded per prompt.
+    """
+
+    def __init__(self, model, tokenizer, config: DecodingConfig):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.device = next(model.parameters()).device
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.processors = _processors(config)
+        # the repetition processors read a row's tokens: applied row by row, without padding
+        self.per_row = config.repetition_penalty != 1.0 or config.no_repeat_ngram_size > 0
+        self.stop_ids = _stop_ids(model, tokenizer)
+        self.cache_name = _cache_argument(model)
+        self.rows: list[Row] = []
+        self.cache = self.attention = self.positions = None
+
+    def add(
+        self, prompts: list[list[int]], seeds: list[int], on_token=None, tags=None, limits=None
+    ):
+        """Prefill ``prompts`` and choose their first tokens; ``on_token[i]``, ``tags[i]`` and
+        ``limits[i]`` (its ``max_new_tokens``, if not the decoder's) belong to prompt i.
+        Returns their rows."""
+        import torch
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            attention[i, width - len(p) :] = 1
+        ids, attention = ids.to(self.device), attention.to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        sampling = self.config.temperature > 0
+        rows = [
+            Row(
+                history=ids[i, width - len(p) :],
+                generator=torch.Generator(device=self.device).manual_seed(seeds[i])
+                if sampling
+                else None,
+                on_token=on_token[i] if on_token else None,
+                tag=tags[i] if tags else None,
+                limit=limits[i] if limits else self.config.max_new_tokens,
+            )
+            for i, p in enumerate(prompts)
+        ]
+        with torch.inference_mode():
+            logits, cache = self._forward(ids, attention, positions, None)
+        if not self.rows:
+            self.cache, self.attention, self.positions = cache, attention, positions[:, -1:]
+        else:
+            self._merge(cache, attention, positions[:, -1:])
+        self.rows += rows
+        self._choose(rows, logits)
+        return rows
+
+    def step(self) -> None:
+        """One token more for every row (rows must not be done: call :meth:`finished`)."""
+        import torch
+
+        last = torch.tensor([[r.tokens[-1]] for r in self.rows], device=self.device)
+        self.attention = torch.cat([self.attention, self.attention.new_ones((len(last), 1))], 1)
+        self.positions = self.positions + 1
+        with torch.inference_mode():
+            logits, self.cache = self._forward(last, self.attention, self.positions, self.cache)
+        self._choose(self.rows, logits)
+
+    def finished(self) -> list[Row]:
+        """Take the rows that are done out of the batch, and their cache."""
+        gone = [r for r in self.rows if r.done]
+        if not gone:
+            return []
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache = self.attention = self.positions = None
+            return gone
+        index = self.attention.new_tensor(keep)
+        attention = self.attention[index]
+        start = int(attention.any(0).int().argmax())  # columns that are padding in every row
+        self.attention, self.positions = attention[:, start:], self.positions[index]
+        _set_kv(self.cache, [[t[index, :, start:] for t in kv] for kv in _kv(self.cache)])
+        return gone
+
+    def result(self, row: Row) -> Generation:
+        text = self.tokenizer.decode(
+            [t for t in row.tokens if t not in self.stop_ids], skip_special_tokens=True
+        ).strip()
+        text = _cut_at_stop(text, self.config.stop)[0].strip()
+        return Generation(text, len(row.tokens), "stop" if row.stopped else "length")
+
+    def _forward(self, ids, attention, positions, cache):
+        extra = {} if cache is None else {self.cache_name: cache}
+        out = self.model(
+            input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **extra
+        )
+        cache = getattr(out, self.cache_name, None)
+        if cache is None:
+            cache = out.past_key_values
+        return out.logits[:, -1, :].float(), cache
+
+    def _merge(self, cache, attention, positions) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        extra = attention.shape[1] - self.attention.shape[1]
+        old, new = _kv(self.cache), _kv(cache)
+        if extra > 0:  # the newcomers are longer: pad the running rows on the left
+            old = [[F.pad(t, (0, 0, extra, 0)) for t in kv] for kv in old]
+            self.attention = F.pad(self.attention, (extra, 0))
+        elif extra < 0:
+            new = [[F.pad(t, (0, 0, -extra, 0)) for t in kv] for kv in new]
+            attention = F.pad(attention, (-extra, 0))
+        _set_kv(self.cache, [[torch.cat([a, b]) for a, b in zip(x, y)] for x, y in zip(old, new)])
+        self.attention = torch.cat([self.attention, attention])
+        self.positions = torch.cat([self.positions, positions])
+
+    def _choose(self, rows: list[Row], logits) -> None:
+        """The next token of each of ``rows``, from its logits (one row of ``logits`` each)."""
+        import torch
+
+        if self.per_row:
+            scores = torch.cat(
+                [self.processors(r.history[None], logits[i : i + 1])
+                 for i, r in enumerate(rows)]
+            )  # fmt: skip
+        else:
+            scores = self.processors(None, logits)
+        if self.config.temperature > 0:
+            probs = torch.softmax(scores, dim=-1)
+            chosen = torch.cat(
+                [torch.multinomial(probs[i], 1, generator=r.generator) for i, r in enumerate(rows)]
+            )
+        else:
+            chosen = scores.argmax(-1)
+        for row, token in zip(rows, chosen.tolist()):
+            self._record(row, token)
+        if self.per_row:
+            for row, token in zip(rows, chosen):
+                row.history = torch.cat([row.history, token[None]])
+
+    def _record(self, row: Row, token: int) -> None:
+        row.tokens.append(token)
+        if token in self.stop_ids:
+            row.done = row.stopped = True
+        elif self.config.stop:
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            row.done = row.stopped = _cut_at_stop(text, self.config.stop)[1]
+        if len(row.tokens) >= row.limit:
+            row.done = True
+        if row.on_token is not None and not row.stopped:
+            row.on_token(row.tokens)
+
+
 def _generate_batch(
     model, tokenizer, prompts: list[list[int]], config, seeds, on_token=None
 ) -> list[Generation]:
-    """Decode one left-padded batch; ``on_token(row, tokens)`` sees each row's tokens so far
-    after every step that added one and did not end it (a server streams them)."""
-    import torch
+    """Decode one batch; ``on_token(row, tokens)`` sees each row's tokens so far after every
+    step that added one and did not end it (a server streams them)."""
+    decoder = Decoder(model, tokenizer, config)
+    callbacks = None
+    if on_token is not None:
+        callbacks = [lambda tokens, i=i: on_token(i, tokens) for i in range(len(prompts))]
+    rows = decoder.add(prompts, seeds, callbacks)
+    decoder.finished()
+    while decoder.rows:
+        decoder.step()
+        decoder.finished()
+    return [decoder.result(r) for r in rows]
 
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        attention[i, width - len(p) :] = 1
-    ids, attention = ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    processors = _processors(config)
-    generators = None
-    if config.temperature > 0:
-        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    stop_ids = _stop_ids(model, tokenizer)
-    history = ids  # prompt and generated tokens, for the repetition processors
-    new_tokens: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    stopped = [False] * len(prompts)
-    # The model's own cache, from its first step on; newer transformers name it `cache`.
-    cache_name, cache = _cache_argument(model), {}
-    step_ids = ids
-    with torch.inference_mode():
-        for _ in range(config.max_new_tokens):
-            out = model(
-                input_ids=step_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                use_cache=True,
-                **cache,
+
+def render(model, tokenizer, conversations, config: DecodingConfig) -> list[list[int]]:
+    """The prompts' tokens: chat template and generation prompt; a prompt longer than the
+    context minus ``max_new_tokens`` keeps its last tokens."""
+    rendered = [
+        tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=False)
+        for c in conversations
+    ]
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:
+        room = context - config.max_new_tokens
+        if room < 1:
+            raise EvalkitError(
+                f"max_new_tokens {config.max_new_tokens} leaves no room for a prompt in the "
+                f"model's context of {context} tokens",
+                hint="lower max_new_tokens",
             )
-            cache = {cache_name: getattr(out, cache_name)}
-            scores = processors(history, out.logits[:, -1, :].float())
-            if generators is None:
-                chosen = scores.argmax(-1)
-            else:
-                probs = torch.softmax(scores, dim=-1)
-                chosen = torch.cat(
-                    [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]
-                )
-            for i, token in enumerate(chosen.tolist()):
-                if done[i]:
-                    continue
-                new_tokens[i].append(token)
-                if token in stop_ids:
-                    done[i] = stopped[i] = True
-                elif config.stop:
-                    text = tokenizer.decode(new_tokens[i], skip_special_tokens=True)
-                    if _cut_at_stop(text, config.stop)[1]:
-                        done[i] = stopped[i] = True
-                if on_token is not None and not stopped[i]:
-                    on_token(i, new_tokens[i])
-            if all(done):
-                break
-            step_ids = chosen[:, None]
-            history = torch.cat([history, step_ids], dim=1)
-            attention = torch.cat([attention, attention.new_ones((len(prompts), 1))], dim=1)
-            positions = positions[:, -1:] + 1
-    results = []
-    for tokens, was_stopped in zip(new_tokens, stopped):
-        text = tokenizer.decode(
-            [t for t in tokens if t not in stop_ids], skip_special_tokens=True
-        ).strip()
-        text = _cut_at_stop(text, config.stop)[0].strip()
-        results.append(Generation(text, len(tokens), "stop" if was_stopped else "length"))
-    return results
+        # as lm-eval does: a prompt too long for the context keeps its most recent tokens
+        rendered = [ids[-room:] for ids in rendered]
+    return rendered
 
 
 def generate(
@@ -289,27 +444,11 @@ def generate(
             results[i] = found
         cache.hits += sum(r is not None for r in results)
     todo = [i for i, r in enumerate(results) if r is None]
-    rendered = {
-        i: tokenizer.apply_chat_template(
-            conversations[i], add_generation_prompt=True, return_dict=False
-        )
-        for i in todo
-    }
-    context = getattr(model.config, "max_position_embeddings", None)
-    if context:
-        room = context - config.max_new_tokens
-        if room < 1:
-            raise EvalkitError(
-                f"max_new_tokens {config.max_new_tokens} leaves no room for a prompt in the "
-                f"model's context of {context} tokens",
-                hint="lower max_new_tokens",
-            )
-        # as lm-eval does: a prompt too long for the context keeps its most recent tokens
-        rendered = {i: ids[-room:] for i, ids in rendered.items()}
+    rendered = dict(zip(todo, render(model, tokenizer, [conversations[i] for i in todo], config)))
     todo.sort(key=lambda i: len(rendered[i]))  # similar lengths share a batch: little padding
     batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
     for batch in tqdm(batches, desc="generate", disable=not progress or None):
-        seeds = [_prompt_seed(conversations[i], config) for i in batch]
+        seeds = [prompt_seed(conversations[i], config) for i in batch]
         row_token = None if on_token is None else (lambda row, ids, b=batch: on_token(b[row], ids))
         out = _generate_batch(
             model, tokenizer, [rendered[i] for i in batch], config, seeds, row_token

@@ -1,10 +1,14 @@
-"""Decoding for the server: requests that wait together are decoded together.
+"""Decoding for the server: iteration-level batching, the way vLLM schedules.
 
-One background thread takes every request waiting when it is free (up to ``max_batch``),
-groups them by decoding parameters and decodes each group as one batch through
-:func:`evalkit.generation.generate`, so a served answer is the one an evaluation run gives for
-the same prompt and parameters. A request that arrives while a batch decodes goes into the next
-batch. The waiting line is bounded: past ``max_waiting`` a request is refused at once (the
+One background thread decodes a running batch one token at a time with
+:class:`evalkit.generation.Decoder`. Between two steps it takes finished rows out of the batch
+(and their KV cache), and lets in waiting requests with the batch's decoding parameters
+(``max_new_tokens`` aside: it is per row), up to ``max_batch`` rows: they are prefilled
+together and join at the next step, instead of waiting for the whole batch to end. Requests
+with other parameters wait for the batch to drain, and a request is never overtaken by a later
+one with the batch's parameters. Every row is decoded as :func:`evalkit.generation.generate`
+decodes it (same prompt, seed and processors), so a served answer is the one an evaluation run
+gives. The waiting line is bounded: past ``max_waiting`` a request is refused at once (the
 server answers 429 with Retry-After) instead of piling up.
 """
 
@@ -13,9 +17,9 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from evalkit.generation import DecodingConfig, Generation, generate
+from evalkit.generation import Decoder, DecodingConfig, Generation, prompt_seed, render
 
 
 @dataclass
@@ -30,6 +34,11 @@ class Job:
     extra: dict = field(default_factory=dict)
 
 
+def _group(config: DecodingConfig) -> str:
+    """What rows decoded together share: every parameter but ``max_new_tokens``."""
+    return replace(config, max_new_tokens=1).key()
+
+
 class Busy(Exception):
     """The waiting line is full."""
 
@@ -39,16 +48,20 @@ class Engine:
 
     def __init__(self, model, tokenizer, *, max_batch: int = 32, max_waiting: int = 256):
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.max_waiting = max_waiting
         self._waiting: queue.Queue[Job | None] = queue.Queue(maxsize=max_waiting)
+        self._held: list[Job] = []  # taken off the line, waiting for a batch of their own
         self.running = 0
         self._thread = threading.Thread(target=self._run, name="evalkit-engine", daemon=True)
         self._thread.start()
 
     @property
     def waiting(self) -> int:
-        return self._waiting.qsize()
+        return self._waiting.qsize() + len(self._held)
 
     def submit(self, job: Job) -> None:
+        if self.waiting >= self.max_waiting:  # held jobs count: they left the line
+            raise Busy
         try:
             self._waiting.put_nowait(job)
         except queue.Full:
@@ -59,45 +72,71 @@ class Engine:
         self._waiting.put(None)
         self._thread.join()
 
-    def _run(self) -> None:
+    def _take(self, block: bool) -> bool:
+        """Move what waits in line to ``_held``; False once the engine is told to stop."""
         while True:
-            job = self._waiting.get()
+            try:
+                job = self._waiting.get(block=block)
+            except queue.Empty:
+                return True
             if job is None:
-                return
-            jobs = [job]
-            while len(jobs) < self.max_batch:
-                try:
-                    more = self._waiting.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._waiting.put(None)  # stop after this batch
-                    break
-                jobs.append(more)
-            groups: dict[str, list[Job]] = {}
-            for job in jobs:
-                groups.setdefault(job.config.key(), []).append(job)
-            for group in groups.values():
-                self._decode(group)
+                return False
+            self._held.append(job)
+            block = False
 
-    def _decode(self, group: list[Job]) -> None:
-        def on_token(index: int, tokens: list[int]) -> None:
-            if group[index].on_token is not None:
-                group[index].on_token(tokens)
+    def _run(self) -> None:
+        decoder: Decoder | None = None
+        open_ = True
+        while True:
+            if open_:
+                open_ = self._take(block=decoder is None and not self._held)
+            if decoder is None:
+                if not self._held:
+                    return  # told to stop, and nothing left
+                decoder = Decoder(self.model, self.tokenizer, self._held[0].config)
+            jobs, prompts = self._admit(decoder)
+            try:
+                if jobs:
+                    seeds = [prompt_seed(j.messages, j.config) for j in jobs]
+                    limits = [j.config.max_new_tokens for j in jobs]
+                    on_token = [j.on_token for j in jobs]
+                    decoder.add(prompts, seeds, on_token, tags=jobs, limits=limits)
+                    self.running = len(decoder.rows)
+                    self._finish(decoder)
+                if decoder.rows:
+                    decoder.step()
+                    self._finish(decoder)
+            except Exception as exc:  # the server turns it into a 500 and logs it
+                failed = {id(j): j for j in jobs} | {id(r.tag): r.tag for r in decoder.rows}
+                for job in failed.values():
+                    job.done(exc)
+                decoder.rows = []
+            self.running = len(decoder.rows)
+            if not decoder.rows:
+                decoder = None
 
-        self.running = len(group)
-        try:
-            out = generate(
-                self.model,
-                self.tokenizer,
-                [j.messages for j in group],
-                group[0].config,
-                batch_size=len(group),
-                on_token=on_token,
-            )
-        except Exception as exc:  # the server turns it into a 500 and logs it
-            out = [exc] * len(group)
-        finally:
-            self.running = 0
-        for job, result in zip(group, out):
-            job.done(result)
+    def _finish(self, decoder: Decoder) -> None:
+        for row in decoder.finished():
+            row.tag.done(decoder.result(row))
+
+    def _admit(self, decoder: Decoder) -> tuple[list[Job], list[list[int]]]:
+        """The held jobs with the batch's parameters that no other job precedes, as many as
+        there is room for, and their prompts (a job whose prompt fails is answered with it)."""
+        room = self.max_batch - len(decoder.rows)
+        key = _group(decoder.config)
+        jobs: list[Job] = []
+        for job in self._held:
+            if len(jobs) >= room or _group(job.config) != key:
+                break
+            jobs.append(job)
+        del self._held[: len(jobs)]
+        admitted, prompts = [], []
+        for job in jobs:
+            try:
+                prompt = render(self.model, self.tokenizer, [job.messages], job.config)[0]
+            except Exception as exc:
+                job.done(exc)
+                continue
+            admitted.append(job)
+            prompts.append(prompt)
+        return admitted, prompts

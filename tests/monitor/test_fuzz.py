@@ -535,17 +535,13 @@ def test_oversized_and_unsized_bodies_are_refused_and_logged(fuzzed):
 
 
 def test_a_client_that_leaves_mid_stream_is_logged_as_499(fuzzed, monkeypatch):
-    generate = monitor.engine.generate
+    step = monitor.engine.Decoder.step
 
-    def slow(*args, on_token=None, **kwargs):  # each token takes a while: the client leaves first
-        def tick(row, tokens):
-            time.sleep(0.1)
-            if on_token is not None:
-                on_token(row, tokens)
+    def slow(self):  # each token takes a while: the client leaves first
+        time.sleep(0.1)
+        step(self)
 
-        return generate(*args, on_token=tick, **kwargs)
-
-    monkeypatch.setattr(monitor.engine, "generate", slow)
+    monkeypatch.setattr(monitor.engine.Decoder, "step", slow)
     body = json.dumps(
         {"model": MODEL, "messages": QUESTION, "max_tokens": 16, "stream": True}
         | {"temperature": 1.0, "seed": 7}
