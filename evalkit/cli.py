@@ -21,6 +21,7 @@ from evalkit.errors import EvalkitError
 from evalkit.stats import ALPHA, MIN_RESAMPLES, N_RESAMPLES, SEED
 
 log = logging.getLogger("evalkit")
+NOTHING_TO_RATE = 3  # `rate claim`'s exit code when no item is left for the annotator
 
 
 def _positive(text: str) -> int:
@@ -116,6 +117,7 @@ TRAIN_HELP = {
     "packing": "pack several conversations per row (--no-packing: one per row)",
     "max_length": "tokens per row (default: the model's context length)",
     "truncate": "cut conversations over max-length instead of leaving them out",
+    "allow_modified": "train on split files that differ from manifest.json (named in the lineage)",
     "lora": "train LoRA adapters (peft) and merge them into model/",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha",
@@ -141,9 +143,12 @@ TRAIN_HELP = {
 
 
 def _add_run_inputs(parser: argparse.ArgumentParser, out_help: str) -> None:
-    parser.add_argument("--base", help="base model directory (Hugging Face format)")
-    parser.add_argument("--data", help="dataset directory from `evalkit data prepare`")
-    parser.add_argument("--out", help=out_help)
+    # Required, but a --config file may give them instead: argparse cannot require them itself.
+    parser.usage = "%(prog)s --base DIR --data DIR --out DIR [--config FILE] [OPTION ...]"
+    needed = parser.add_argument_group("required (here, or as base, data and out in --config)")
+    needed.add_argument("--base", metavar="DIR", help="base model directory (Hugging Face format)")
+    needed.add_argument("--data", metavar="DIR", help="dataset directory (`evalkit data prepare`)")
+    needed.add_argument("--out", metavar="DIR", help=out_help)
     parser.add_argument("--config", metavar="FILE", help="TOML or JSON with training options")
 
 
@@ -191,10 +196,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     for name in ("base", "data", "out"):
         if not getattr(config, name):
             raise EvalkitError(f"--{name} is required (or set it in --config)")
-    print(train(config, resume=args.resume).describe())
+    print(train(config, resume=args.resume).describe(bold=sys.stdout.isatty()))
 
 
-def _cmd_sweep(args: argparse.Namespace) -> None:
+def _cmd_sweep(args: argparse.Namespace) -> int:
     from finetune.sweep import parse_space, sweep
 
     space = parse_space(args.param or [])
@@ -204,9 +209,15 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
             raise EvalkitError(f"--{name} is required (or set it in --config)")
     if not args.out:
         raise EvalkitError("--out is required: the sweep directory")
-    rows = sweep(config, space, args.out, method=args.method, trials=args.trials, seed=config.seed)
+    result = sweep(
+        config, space, args.out, method=args.method, trials=args.trials, seed=config.seed
+    )
     print((Path(args.out) / "results.md").read_text(), end="")
-    print(f"{len(rows)} trials; results in {args.out}/results.json and results.md")
+    print(
+        f"{len(result.ranked)} ranked, {len(result.failed)} failed, {len(result.stopped)} "
+        f"stopped; results in {args.out}/results.json and results.md"
+    )
+    return result.exit_code
 
 
 def _store(args: argparse.Namespace) -> Path:
@@ -230,21 +241,73 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_runs(args: argparse.Namespace) -> None:
-    from evalkit.results import get_run, list_runs
     from evalkit.store import open_store
 
+    action, refs = (args.words[0], args.words[1:]) if args.words else (None, [])
+    if action not in ("rm", "rename"):
+        action, refs = ("show" if args.words else "list"), args.words
+    if _shows_examples(args) and action != "show":
+        raise EvalkitError("--examples, --task, --worst, --jsonl and --limit show one run's rows")
+    wanted = {"list": 0, "show": 1, "rename": 2}.get(action, max(len(refs), 1))  # rm: 1 or more
+    if len(refs) != wanted:
+        raise EvalkitError(
+            f"runs {' '.join(args.words)}: expected RUN, rm RUN [RUN ...] or rename RUN NAME"
+        )
+    act = {"list": _list_runs, "show": _show_run, "rm": _remove_runs, "rename": _rename_run}
     with open_store(_store(args)) as con:
-        if args.run:
-            print(json.dumps(get_run(con, args.run), indent=2, default=str))
-            return
-        runs = list_runs(con)
+        act[action](con, refs, args)
+
+
+def _shows_examples(args: argparse.Namespace) -> bool:
+    return bool(args.examples or args.task or args.worst or args.jsonl or args.limit)
+
+
+def _list_runs(con, refs: list[str], args: argparse.Namespace) -> None:
+    from evalkit.results import latest_complete, list_runs
+
+    runs = list_runs(con)
     if not runs:
         print("no evaluation runs yet: `evalkit eval --model DIR --suite FILE`")
     for r in runs:
+        name = r["name"] or ""
+        if name and latest_complete(con, name) not in (None, r["run_id"]):
+            name += " (superseded)"
         print(
             f"{r['run_id']}  {r['status']:<8}  {str(r['started_at'])[:19]}  "
-            f"{r['suite_name']}  model {(r['model_hash'] or '')[:12]}  {r['name'] or ''}"
+            f"{r['suite_name']}  model {(r['model_hash'] or '')[:12]}  {name}"
         )
+
+
+def _show_run(con, refs: list[str], args: argparse.Namespace) -> None:
+    from evalkit.compare import finite
+    from evalkit.examples import format_examples, run_examples
+    from evalkit.results import get_run
+
+    (ref,) = refs
+    if not _shows_examples(args):
+        print(json.dumps(get_run(con, ref), indent=2, default=str))
+        return
+    examples = run_examples(con, ref, task=args.task, worst=args.worst, limit=args.limit)
+    if args.jsonl:
+        for e in examples:
+            print(json.dumps(finite(e), ensure_ascii=False, default=str))
+    elif examples:
+        print(format_examples(examples, args.worst))
+
+
+def _remove_runs(con, refs: list[str], args: argparse.Namespace) -> None:
+    from evalkit.results import remove_run
+
+    for ref in refs:
+        run = remove_run(con, ref)
+        print(f"removed run {run['run_id']} ({run['status']}, {run['name'] or 'no name'})")
+
+
+def _rename_run(con, refs: list[str], args: argparse.Namespace) -> None:
+    from evalkit.results import rename_run
+
+    ref, name = refs
+    print(f"run {rename_run(con, ref, name)} is now called {name!r}")
 
 
 def _segments(path: str) -> list[str]:
@@ -313,6 +376,8 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     for check in report.checks:
         if check["verdict"] != "pass":
             print(f"{check['verdict']:<13} {check['check']}")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
     print(f"gate: {report.verdict}; reports: {', '.join(str(p) for p in paths.values())}")
     return report.exit_code
 
@@ -335,7 +400,17 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         log=LogConfig(max_events=args.flush_events, max_age_s=args.flush_seconds, wal=args.wal),
     )
     workspace = open_workspace(args.workspace)
-    serve(config, workspace.events_dir, workspace.store_path)
+    drift = None
+    if args.drift_reference:
+        from monitor.server import DriftSetup
+
+        drift_config, featurizer, reference, notes = _drift_setup(args, workspace, "drift_")
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        drift = DriftSetup(
+            reference, drift_config, featurizer, args.drift_every, args.drift_reference
+        )
+    serve(config, workspace.events_dir, workspace.store_path, drift)
 
 
 def _cmd_monitor_events(args: argparse.Namespace) -> None:
@@ -372,6 +447,173 @@ def _cmd_monitor_import(args: argparse.Namespace) -> None:
     mapping = {src: dest for src, dest in _key_values(args.map, "--map").items()}
     count = import_file(args.file, open_workspace(args.workspace).events_dir, mapping)
     print(f"imported {count} exchanges from {args.file}")
+
+
+def _duration(text: str) -> float:
+    """An argparse type: seconds, or a duration such as 30s, 15m, 1h."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (30s, 15m, 1h)") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return seconds
+
+
+def _drift_config(args: argparse.Namespace, prefix: str = ""):
+    from monitor.drift.detector import DriftConfig
+
+    get = lambda name: getattr(args, prefix + name)  # noqa: E731
+    features = [f.strip() for f in get("features").split(",")] if get("features") else None
+    options = {"features": tuple(features)} if features else {}
+    window_events, window_s = get("window_events"), get("window")
+    if window_events is None and window_s is None:
+        window_events = 1000
+    return DriftConfig(window_events=window_events, window_s=window_s, hold=get("hold"), **options)
+
+
+def _drift_setup(args: argparse.Namespace, workspace, prefix: str = ""):
+    """The drift config, featurizer and reference that ``monitor drift`` and ``serve`` use."""
+    from finetune.data.corpora import labelled_prompts
+    from monitor.drift.job import load_reference, open_featurizer
+
+    config = _drift_config(args, prefix)
+    featurizer, topics = open_featurizer(workspace.drift_dir, labelled_prompts)
+    mapping = _key_values(getattr(args, prefix + "map"), "--map")
+    spec = getattr(args, prefix + "reference")
+    reference = load_reference(spec, workspace.events_dir, featurizer, config, mapping)
+    notes = [topics, f"reference: {spec}, {reference.size} exchanges", *reference.notes]
+    return config, featurizer, reference, notes
+
+
+def _print_results(results) -> None:
+    print(
+        f"{'feature':<18} {'statistic':<15} {'value':>8} {'threshold':>9} {'p (adj.)':>9}  decision"
+    )
+    for r in results:
+        value = "n/a" if r.value != r.value else f"{r.value:.4f}"
+        p = "-" if r.p_adjusted != r.p_adjusted else f"{r.p_adjusted:.2g}"
+        decision = "DRIFT" if r.drifted else ("too few" if value == "n/a" else "ok")
+        print(
+            f"{r.feature:<18} {r.statistic:<15} {value:>8} {r.threshold:>9.3g} {p:>9}  {decision}"
+        )
+
+
+def _cmd_monitor_drift(args: argparse.Namespace) -> int:
+    import time
+
+    from evalkit.workspace import open_workspace
+    from monitor.drift.job import DriftJob
+
+    workspace = open_workspace(args.workspace)
+    config, featurizer, reference, notes = _drift_setup(args, workspace)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    metrics = None
+    if args.metrics_port:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from monitor.metrics import drift_metrics
+
+        registry = CollectorRegistry()
+        metrics = drift_metrics(registry)
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
+    job = DriftJob(
+        reference, config, workspace.events_dir, featurizer, every=args.every or 0,
+        model=args.model or "all", reference_label=args.reference,
+        store=workspace.store_path, metrics=metrics, filter_model=bool(args.model),
+    )  # fmt: skip
+    while True:
+        result, changes = job.run_once()
+        frame = result.frame
+        print(f"window: {len(frame)} exchanges, {frame.event_ids[0]} .. {frame.event_ids[-1]}")
+        _print_results(result.window.results)
+        for change in changes:
+            print(f"alert {change['state']}: drift of {change['feature']}")
+        if not args.every:
+            return 1 if result.window.drifted else 0
+        time.sleep(args.every)
+
+
+def _cmd_monitor_backtest(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from evalkit.workspace import open_workspace
+    from finetune.data.corpora import labelled_prompts
+    from monitor.drift.detector import Detector, backtest, build_reference
+    from monitor.drift.features import check_order, open_events
+    from monitor.drift.job import open_featurizer
+
+    config = _drift_config(args)
+    featurizer, topics = open_featurizer(open_workspace(args.workspace).drift_dir, labelled_prompts)
+    mapping = _key_values(args.map, "--map")
+    frames = []
+    for path in (args.reference, args.current):
+        con = open_events(path, mapping)
+        try:
+            if path == args.current:
+                check_order(con, path)
+            frames.append(featurizer.read(con))
+        finally:
+            con.close()
+    (ref_frame, ref_embeddings), (frame, embeddings) = frames
+    reference = build_reference(ref_frame, ref_embeddings, config)
+    result = backtest(Detector(reference, config, frame, embeddings))
+
+    def stamp(micros):
+        return None if micros is None else datetime.fromtimestamp(micros / 1e6, UTC).isoformat()
+
+    alerts = [
+        {
+            "feature": a.feature,
+            "start": stamp(a.started_at),
+            "end": stamp(a.ended_at),
+            "fired_index": a.fired_index,
+            "first_index": a.first_index,
+            "last_index": a.last_index,
+        }
+        for a in result.alerts
+    ]
+    if args.json:
+        print(json.dumps({"windows": len(result.windows), "events": len(frame), "alerts": alerts}))
+        return 1 if alerts else 0
+    for note in [topics, *reference.notes]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{len(frame)} events, {len(result.windows)} windows, {len(alerts)} alerts")
+    if alerts:
+        print(f"{'feature':<18} {'start':<32} {'end':<32} {'fired at event':>14}")
+    for a in alerts:
+        print(f"{a['feature']:<18} {a['start']:<32} {a['end'] or '(still firing)':<32} "
+              f"{a['fired_index']:>14}")  # fmt: skip
+    return 1 if alerts else 0
+
+
+def _cmd_monitor_replay(args: argparse.Namespace) -> None:
+    from finetune.data.corpora import load_chitchat, load_support_faq, load_topics, read_jsonl
+    from monitor.replay import replay
+
+    def first_turns(records):
+        return [r["messages"][0]["content"] for r in records if r.get("messages")]
+
+    calm = first_turns(read_jsonl(args.calm) if args.calm else load_support_faq())
+    drift = first_turns(read_jsonl(args.drift) if args.drift else load_topics() + load_chitchat())
+    key = Path(args.api_key_file).read_text().split()[0] if args.api_key_file else None
+    done = replay(
+        args.url, calm, drift, rate=args.rate, duration=args.duration,
+        drift_after=args.drift_after, api_key=key, seed=args.seed,
+    )  # fmt: skip
+    failed = ", ".join(f"{n} {why}" for why, n in done.failed.items()) or "none"
+    print(f"sent {done.sent}, answered {done.answered}, failed: {failed}")
+
+
+def _cmd_monitor_alerts(args: argparse.Namespace) -> None:
+    from evalkit.workspace import open_workspace
+    from monitor.alerts import firing
+
+    for alert in firing(args.prometheus, open_workspace(args.workspace).store_path):
+        print("  ".join(f"{k} {v}" for k, v in alert.items()))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -442,9 +684,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = ft_commands.add_parser(
         "sweep",
         help="train over a grid of hyperparameters and rank the runs",
-        description="Each trial is a training run in OUT/trial-NNN; the trials are ranked by "
-        "validation perplexity in OUT/results.json and OUT/results.md. Other options are those "
-        "of `finetune train` and apply to every trial.",
+        description="Each trial is a training run in OUT/trial-NNN; the finished trials are "
+        "ranked by validation perplexity in OUT/results.json and OUT/results.md, failed and "
+        "stopped ones listed apart. Other options are those of `finetune train` and apply to "
+        "every trial. Exit code 0: every trial finished; 1: some failed; 2: none finished (or "
+        "an error); 128 + signal (143 SIGTERM, 130 SIGINT): stopped, the same command resumes.",
     )
     _add_run_inputs(sweep, out_help="sweep directory")
     sweep.add_argument(
@@ -458,6 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parsers(commands)
     _add_rate_parser(commands)
     _add_monitor_parsers(commands)
+    _add_app_parser(commands)
     demo = commands.add_parser(
         "demo",
         help="run the main job on the embedded default",
@@ -504,13 +749,17 @@ def _add_prepare_parser(commands) -> None:
     p.add_argument("--upsample-to", type=int, help="repeat training records of small classes")
     p.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test shares")
     p.add_argument("--group-by", default="conversation_id", help="records kept in one split")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and sampling (default 0)")
     p.add_argument("--eval-set", action="append", metavar="NAME=FILE", help="check overlap")
     p.add_argument(
         "--ngram", type=int, default=NGRAM, help=f"n-gram size for contamination (default: {NGRAM})"
     )
     p.add_argument("--drop-contaminated", action="store_true", help="drop overlapping records")
-    p.add_argument("--max-length", type=int, default=1024, help="report truncation at this")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        help="count conversations longer than this (default: the --model's context length)",
+    )
     p.set_defaults(func=_cmd_data_prepare)
 
 
@@ -527,7 +776,12 @@ def _add_eval_parsers(commands) -> None:
     ev.add_argument("--model", required=True, metavar="DIR", help="model directory (HF format)")
     ev.add_argument("--suite", required=True, metavar="FILE", help="suite TOML")
     ev.add_argument("--name", help="a name for the run (usable instead of its id)")
-    ev.add_argument("--batch-size", type=_positive, default=16)
+    ev.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=16,
+        help="examples scored or generated together (default 16); lower it if memory runs out",
+    )
     ev.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     ev.set_defaults(func=_cmd_eval)
     score = commands.add_parser(
@@ -539,11 +793,34 @@ def _add_eval_parsers(commands) -> None:
     score.add_argument("reference", help="reference file, one segment a line")
     score.add_argument("-i", "--input", required=True, help="hypothesis file, the same lines")
     score.add_argument(
-        "-m", "--metrics", nargs="+", choices=REFERENCE_METRICS, default=list(REFERENCE_METRICS)
+        "-m",
+        "--metrics",
+        nargs="+",
+        choices=REFERENCE_METRICS,
+        default=list(REFERENCE_METRICS),
+        metavar="METRIC",
+        help=f"which of {', '.join(REFERENCE_METRICS)} (default: all)",
     )
     score.set_defaults(func=_cmd_score)
-    runs = commands.add_parser("runs", help="list evaluation runs, or show one")
-    runs.add_argument("run", nargs="?", help="a run id (or unique prefix, or name) to show")
+    runs = commands.add_parser(
+        "runs",
+        help="list, show, remove or rename evaluation runs",
+        usage="evalkit runs [RUN [--examples] [--task T] [--worst METRIC] [--jsonl]]\n"
+        "       evalkit runs rm RUN [RUN ...]\n"
+        "       evalkit runs rename RUN NAME",
+        description="With no RUN: every run, oldest first. With RUN (an id, a unique prefix of "
+        "one, or a name; a name used by several runs means its latest complete run): its record "
+        "as JSON, or with --examples its per-example prompts, references, outputs and scores. "
+        "`rm` deletes runs and their rows; `rename` gives a run a new name.",
+    )
+    runs.add_argument(
+        "words", nargs="*", metavar="RUN", help="a run to show; or rm RUN..., or rename RUN NAME"
+    )
+    runs.add_argument("--examples", action="store_true", help="show the run's examples")
+    runs.add_argument("--task", help="only this task's examples")
+    runs.add_argument("--worst", metavar="METRIC", help="worst first by this metric")
+    runs.add_argument("--limit", type=_positive, metavar="N", help="at most N examples")
+    runs.add_argument("--jsonl", action="store_true", help="examples as JSON lines, in full")
     runs.set_defaults(func=_cmd_runs)
     cmp = commands.add_parser(
         "compare",
@@ -572,9 +849,11 @@ def _add_eval_parsers(commands) -> None:
     cmp.set_defaults(func=_cmd_compare)
     gate = commands.add_parser(
         "gate",
-        help="judge a candidate against the baseline; exit 0 pass, 1 regression, 2 error",
+        help="judge a candidate against the baseline; exit 0 pass, 1 regression, 2 error, "
+        "3 inconclusive",
         description="Apply the rules of a gate spec to the comparison of two runs and write "
-        "report.md, report.html and report.json. Exit code 0: pass, 1: regression, 2: error.",
+        "report.md, report.html and report.json. Exit code 0: pass, 1: regression, 2: error, "
+        "3: inconclusive (a rule could not be judged and the spec says inconclusive = 'fail').",
     )
     gate.add_argument("--baseline", required=True, help="the run of the model in production")
     gate.add_argument("--candidate", required=True, help="the run of the new model")
@@ -668,7 +947,7 @@ def _cmd_rate_status(args: argparse.Namespace) -> None:
         print(format_status(con))
 
 
-def _cmd_rate_claim(args: argparse.Namespace) -> None:
+def _cmd_rate_claim(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from evalkit.rating.queue import QueueConfig, claim_next
@@ -677,7 +956,11 @@ def _cmd_rate_claim(args: argparse.Namespace) -> None:
     config = QueueConfig(lease_ttl_s=args.lease_ttl, gold_every=args.gold_every, seed=args.seed)
     with open_store(_store(args)) as con:
         got = claim_next(con, args.annotator, config)
-    print(json.dumps(asdict(got) if got else None, default=str, ensure_ascii=False, indent=2))
+    if got is None:
+        print(f"nothing to rate for {args.annotator}", file=sys.stderr)
+        return NOTHING_TO_RATE
+    print(json.dumps(asdict(got), default=str, ensure_ascii=False, indent=2))
+    return 0
 
 
 def _cmd_rate_submit(args: argparse.Namespace) -> None:
@@ -724,8 +1007,18 @@ def _cmd_rate_ranking(args: argparse.Namespace) -> None:
             power=args.power,
             n_resamples=args.resamples,
             seed=args.seed,
+            prior=args.prior,
         )
     print(format_ranking(ranking, comparisons))
+
+
+def _cmd_rate_items(args: argparse.Namespace) -> None:
+    from evalkit.rating.report import format_items, list_items
+    from evalkit.store import open_store
+
+    with open_store(_store(args)) as con:
+        items = list_items(con, batch=args.batch, kind=args.kind)
+    print(format_items(items) if items else "no items queued: `evalkit rate enqueue ...`")
 
 
 def _cmd_rate_export(args: argparse.Namespace) -> None:
@@ -770,6 +1063,10 @@ def _add_monitor_parsers(commands) -> None:
     serve.add_argument(
         "--wal", action="store_true", help="fsync each event first: a crash loses none"
     )
+    _drift_options(serve, prefix="drift-")
+    serve.add_argument(
+        "--drift-every", type=_duration, default=60.0, help="judge drift every DURATION (1m)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     monitor = commands.add_parser("monitor", help="what the served models did: the event log")
@@ -799,6 +1096,83 @@ def _add_monitor_parsers(commands) -> None:
     )
     imported.set_defaults(func=_cmd_monitor_import)
 
+    drift = monitor_commands.add_parser(
+        "drift",
+        help="judge the latest window of the log against a reference",
+        description="Compare the latest window of exchanges with a reference, feature by "
+        "feature (effect size over its threshold and a test after Holm's correction), print "
+        "the table, write the store and flag the events of a drifted window; an alert fires "
+        "after --hold drifted windows in a row. Exit 1 when the window drifted. With --every "
+        "it runs as a job, and --metrics-port exports the gauges.",
+    )
+    _drift_options(drift)
+    drift.add_argument("--model", help="only this served model's exchanges")
+    drift.add_argument("--every", type=_duration, help="run every DURATION (e.g. 1m) until stopped")
+    drift.add_argument("--metrics-port", type=int, help="export the drift gauges on this port")
+    drift.set_defaults(func=_cmd_monitor_drift)
+
+    backtest = monitor_commands.add_parser(
+        "backtest",
+        help="replay recorded events through the drift windows and decisions",
+        description="Replay the events of --current in their timestamp order through exactly "
+        "the windows and decisions of `monitor drift`, against --reference, with simulated "
+        "time; print when each alert would have started and ended (--json for tools: feature, "
+        "start, end, the index of the event at which it fired and the first and last event of "
+        "the windows that raised it). Exit 1 when an alert fired.",
+    )
+    _drift_options(backtest, reference_help="events file (JSONL, CSV or Parquet)")
+    backtest.add_argument("--current", required=True, help="events file to replay")
+    backtest.add_argument("--json", action="store_true", help="the alerts as JSON")
+    backtest.set_defaults(func=_cmd_monitor_backtest)
+
+    replayed = monitor_commands.add_parser(
+        "replay",
+        help="send test traffic to a running server: calm, then a drift episode",
+        description="Send support questions (calm), then other chatterbot topics and chit-chat "
+        "(drift, from --drift-after on), at --rate requests per second for --duration.",
+    )
+    replayed.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
+    replayed.add_argument("--rate", type=float, default=5.0, help="requests per second (5)")
+    replayed.add_argument("--duration", type=_duration, default=60.0, help="how long (60s)")
+    replayed.add_argument("--drift-after", type=_duration, help="when the drift episode starts")
+    replayed.add_argument("--calm", help="conversation JSONL of calm prompts (support FAQ)")
+    replayed.add_argument("--drift", help="conversation JSONL of drift prompts (topics, chit-chat)")
+    replayed.add_argument("--api-key-file", help="a file whose first line is the API key")
+    replayed.add_argument("--seed", type=int, default=0, help="which prompts, in which order")
+    replayed.set_defaults(func=_cmd_monitor_replay)
+
+    alerts = monitor_commands.add_parser(
+        "alerts",
+        help="the alerts firing now",
+        description="Firing alerts from Prometheus's API (--prometheus URL), otherwise the "
+        "drift alerts open in the store.",
+    )
+    alerts.add_argument("--prometheus", help="Prometheus's URL, e.g. http://127.0.0.1:9090")
+    alerts.set_defaults(func=_cmd_monitor_alerts)
+
+
+def _drift_options(parser, prefix: str = "", reference_help: str | None = None) -> None:
+    """The options of a drift judgement; ``prefix`` (``drift-``) for `evalkit serve`'s."""
+    parser.add_argument(
+        f"--{prefix}reference",
+        required=not prefix,
+        metavar="SPEC",
+        help=reference_help
+        or "log:START..END (a period of the event log) or file:PATH (an events file)",
+    )
+    parser.add_argument(
+        f"--{prefix}map", action="append", metavar="SRC=DEST", help="an events file's column"
+    )
+    window = parser.add_mutually_exclusive_group()
+    window.add_argument(f"--{prefix}window", type=_duration, help="a window of a duration (15m)")
+    window.add_argument(
+        f"--{prefix}window-events", type=_positive, help="a window of N exchanges (1000)"
+    )
+    parser.add_argument(
+        f"--{prefix}hold", type=_positive, default=3, help="drifted windows in a row to alert (3)"
+    )
+    parser.add_argument(f"--{prefix}features", help="comma-separated (default: all)")
+
 
 def _add_rate_parser(commands) -> None:
     rate = commands.add_parser(
@@ -806,8 +1180,8 @@ def _add_rate_parser(commands) -> None:
         help="the human-rating queue: enqueue, status, agreement, ranking, export",
         description="Queue model responses for annotators (from a run, a comparison of two "
         "runs, or production events), follow the queue, measure agreement, rank models from "
-        "pairwise judgements and export SFT/DPO/KTO data. Items are claimed and rated in the "
-        "app; `claim` and `submit` do the same from scripts.",
+        "pairwise judgements and export SFT/DPO/KTO data. Annotators rate on the web app's "
+        "Rate page (`evalkit app`), or from scripts with `claim` and `submit`.",
     )
     sub = rate.add_subparsers(dest="rate_command", required=True, metavar="COMMAND")
     enqueue = sub.add_parser("enqueue", help="queue items from a run, a comparison or events")
@@ -836,7 +1210,7 @@ def _add_rate_parser(commands) -> None:
         p.add_argument("--batch", help="a name for this batch of items")
         p.set_defaults(func=_cmd_rate_enqueue)
     annotator = sub.add_parser("annotator", help="register annotators")
-    annotator.add_argument("names", nargs="+", metavar="NAME")
+    annotator.add_argument("names", nargs="+", metavar="NAME", help="annotator names")
     annotator.set_defaults(func=_cmd_rate_annotator)
     gold = sub.add_parser("gold", help="make an item a hidden gold item with a known answer")
     gold.add_argument("item", help="item id")
@@ -844,14 +1218,24 @@ def _add_rate_parser(commands) -> None:
     gold.set_defaults(func=_cmd_rate_gold)
     status = sub.add_parser("status", help="the queue and each annotator's pace and gold accuracy")
     status.set_defaults(func=_cmd_rate_status)
-    claim = sub.add_parser("claim", help="lease the next item to an annotator (prints JSON)")
-    claim.add_argument("annotator")
+    items = sub.add_parser("items", help="the queued items: ids, kinds, ratings so far, sources")
+    items.add_argument("--batch", help="only this batch (a run id for a suite's sample)")
+    items.add_argument("--kind", help="only single, pair or correction items")
+    items.set_defaults(func=_cmd_rate_items)
+    claim = sub.add_parser(
+        "claim",
+        help="lease the next item to an annotator (prints JSON)",
+        description="Lease the next item to ANNOTATOR and print it as JSON. When nothing is "
+        f"left for them, say so on stderr and exit {NOTHING_TO_RATE}, so a script can loop "
+        "until the queue is done.",
+    )
+    claim.add_argument("annotator", help="a registered annotator (`rate annotator`)")
     claim.add_argument("--lease-ttl", type=float, default=600.0, help="seconds (default 600)")
     claim.add_argument("--gold-every", type=int, default=10, help="a gold item every N (0: none)")
     claim.add_argument("--seed", type=int, default=0, help="order among equal items")
     claim.set_defaults(func=_cmd_rate_claim)
     submit = sub.add_parser("submit", help="store an annotator's rating of a leased item")
-    submit.add_argument("annotator")
+    submit.add_argument("annotator", help="the annotator holding the item's lease")
     submit.add_argument("item", help="item id")
     submit.add_argument(
         "--rating",
@@ -869,11 +1253,23 @@ def _add_rate_parser(commands) -> None:
     )
     ranking.add_argument("--threshold", type=float, default=0.5, help="win rate the gate needs")
     ranking.add_argument("--power", type=float, default=0.8, help="power for the planner")
+    ranking.add_argument(
+        "--prior",
+        type=float,
+        default=0.1,
+        help="Bradley-Terry prior in wins: keeps strengths finite when a model wins all or "
+        "none (0: the plain maximum-likelihood fit)",
+    )
     for p in (gold, submit, agreement):
         p.add_argument("--rubric", metavar="FILE", help="rubric TOML (default: the shipped one)")
     for p in (agreement, ranking):
-        p.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--resamples",
+            type=int,
+            default=N_RESAMPLES,
+            help=f"bootstrap resamples (default {N_RESAMPLES})",
+        )
+        p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     submit.set_defaults(func=_cmd_rate_submit)
     agreement.set_defaults(func=_cmd_rate_agreement)
     ranking.set_defaults(func=_cmd_rate_ranking)
@@ -884,6 +1280,59 @@ def _add_rate_parser(commands) -> None:
         "--likert-threshold", type=float, default=4.0, help="kto: mean score counted as good"
     )
     export.set_defaults(func=_cmd_rate_export)
+
+
+def _admin_password(args: argparse.Namespace) -> str:
+    """The new admin's password: the first line of --password-file, else typed twice."""
+    if args.password_file:
+        try:
+            return Path(args.password_file).read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError) as exc:
+            raise EvalkitError(
+                f"--password-file {args.password_file}: cannot read a first line ({exc})",
+                hint="write the password on the file's first line",
+            ) from None
+    import getpass
+
+    password = getpass.getpass(f"password for {args.create_admin}: ")
+    if getpass.getpass("again: ") != password:
+        raise EvalkitError("the two passwords differ", hint="run the command again")
+    return password
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from evalkit.workspace import open_workspace
+
+    workspace = open_workspace(args.workspace)
+    if args.create_admin:
+        from evalkit.accounts import create_account
+        from evalkit.store import open_store
+
+        password = _admin_password(args)
+        with open_store(workspace.store_path) as con:
+            create_account(con, args.create_admin, password, "admin")
+        print(f"admin {args.create_admin} created in {workspace.store_path}")
+        return 0
+    from dashboards.launch import run_app
+
+    return run_app(workspace.root, host=args.host, port=args.port)
+
+
+def _add_app_parser(commands) -> None:
+    app = commands.add_parser(
+        "app",
+        help="the web app: rate, release, watch drift, retrain (Streamlit)",
+        description="Start the Streamlit app on the workspace's store, bound to 127.0.0.1 "
+        "unless told otherwise. Create the first admin with --create-admin NAME.",
+    )
+    app.add_argument("--port", type=_positive, default=8501, help="port (default 8501)")
+    app.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    app.add_argument(
+        "--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace folder"
+    )
+    app.add_argument("--create-admin", metavar="NAME", help="create an admin account and exit")
+    app.add_argument("--password-file", metavar="FILE", help="its password (default: prompted)")
+    app.set_defaults(func=_cmd_app)
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -898,12 +1347,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
     except EvalkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `| head` closed the pipe: stop quietly, with the status of a process that SIGPIPE
+        # ended; what is still buffered goes nowhere instead of failing again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        if exc.filename is None:
+            log.exception("internal error")
+            return 2
+        from evalkit.workspace import path_error
+
+        print(f"error: {path_error(exc)}", file=sys.stderr)
+        return 2
     except Exception:  # a bug, not a regression: CI must not read it as exit 1
         log.exception("internal error")
         return 2

@@ -83,6 +83,9 @@ class Generation:
     text: str
     tokens: int  # tokens generated, the stopping token included
     finish_reason: str  # "stop" (end of turn or a stop sequence) or "length"
+    # the mean negative log-likelihood of the generated tokens under the model itself (before
+    # temperature and the processors): a cheap confidence signal the drift job watches
+    nll: float | None = None
 
 
 @dataclass
@@ -204,6 +207,7 @@ class Row:
     on_token: object = None  # on_token(tokens) after each token that does not end it by a stop
     limit: int = 0  # the most tokens it may have
     tokens: list[int] = field(default_factory=list)
+    nll: float = 0.0  # summed over the tokens
     done: bool = False
     stopped: bool = False
     tag: object = None  # the caller's
@@ -305,7 +309,8 @@ class Decoder:
             [t for t in row.tokens if t not in self.stop_ids], skip_special_tokens=True
         ).strip()
         text = _cut_at_stop(text, self.config.stop)[0].strip()
-        return Generation(text, len(row.tokens), "stop" if row.stopped else "length")
+        reason = "stop" if row.stopped else "length"
+        return Generation(text, len(row.tokens), reason, row.nll / max(len(row.tokens), 1))
 
     def _forward(self, ids, attention, positions, cache):
         extra = {} if cache is None else {self.cache_name: cache}
@@ -351,7 +356,9 @@ class Decoder:
             )
         else:
             chosen = scores.argmax(-1)
-        for row, token in zip(rows, chosen.tolist()):
+        nll = -torch.log_softmax(logits, -1).gather(1, chosen[:, None])[:, 0]
+        for row, token, loss in zip(rows, chosen.tolist(), nll.tolist()):
+            row.nll += loss
             self._record(row, token)
         if self.per_row:
             for row, token in zip(rows, chosen):

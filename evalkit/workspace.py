@@ -15,6 +15,7 @@ The folder is chosen by, in order: an explicit path (the CLI's ``--workspace``),
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -54,6 +55,11 @@ class Workspace:
         return self.root / "events"
 
     @property
+    def drift_dir(self) -> Path:
+        """The drift job's embeddings cache, topic classifier and flags (evalkit.events)."""
+        return self.root / "drift"
+
+    @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
 
@@ -75,24 +81,54 @@ def open_workspace(path: str | os.PathLike | None = None) -> Workspace:
     return Workspace(root.resolve())
 
 
+def path_error(exc: OSError, path: str | os.PathLike | None = None) -> EvalkitError:
+    """The message for an OSError on a path: which path, and what is in the way.
+
+    ``path`` is what the user asked to write, when known; else the path the error names. A
+    file where a folder must be (NotADirectoryError, FileExistsError from mkdir) is named, so
+    ``--out notes.txt/x.jsonl`` says that notes.txt is a file. Every command's unexpected
+    OSError comes here too (the CLI's main), so no path problem is ever a traceback.
+    """
+    named = exc.filename2 if exc.filename2 is not None else exc.filename
+    target = Path(os.fsdecode(path if path is not None else named))
+    prefix = f"cannot write {target}" if path is not None else str(target)
+    if isinstance(exc, IsADirectoryError | NotADirectoryError | FileExistsError):
+        chain = [target, *target.parents]
+        blocker = next((p for p in reversed(chain) if p.exists() and not p.is_dir()), None)
+        if isinstance(exc, IsADirectoryError) or blocker is None:
+            what = f"{target} is a folder" if target.is_dir() else exc.strerror
+            return EvalkitError(f"{prefix}: {what}", hint="give a file name, not a folder")
+        return EvalkitError(
+            f"{prefix}: {blocker} is a file, so it cannot hold a folder",
+            hint="choose another path, or move that file away",
+        )
+    return EvalkitError(f"{prefix}: {exc.strerror or exc}")
+
+
 def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> int:
     """Write rows one JSON object per line and return how many.
 
     The rows go to ``PATH.partial``, renamed to ``PATH`` at the end, so a reader never sees
-    half a file; a failed write removes the partial file.
+    half a file; a failed write removes the partial file, and a path that cannot be written
+    is an EvalkitError naming it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     count = 0
     try:
+        if path.is_dir():  # found before anything is written
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("w", encoding="utf-8") as out:
             for row in rows:
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1
         os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
+    except BaseException as exc:
+        if partial.parent.is_dir():
+            partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise path_error(exc, path) from exc
         raise
     return count
 
@@ -117,6 +153,8 @@ def atomic_dir(
         write(tmp)
     except (OSError, RuntimeError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+            raise path_error(exc, final) from exc  # something in the way, not a full disk
         free = shutil.disk_usage(final.parent if final.parent.exists() else ".").free
         raise EvalkitError(
             f"cannot write {final}: {getattr(exc, 'strerror', None) or exc} "

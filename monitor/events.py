@@ -40,7 +40,7 @@ from evalkit.events import conversations, query
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added response_nll; older files read with it null
 # The columns of an event; evalkit.rating.sources reads event_id, timestamp, model_version,
 # prompt, response and user_feedback of the exchanges.
 SCHEMA = pa.schema(
@@ -60,6 +60,7 @@ SCHEMA = pa.schema(
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()),
+        ("response_nll", pa.float64()),  # mean NLL of the response under the served model
         ("latency_s", pa.float64()),
         ("ttft_s", pa.float64()),
         ("status", pa.int16()),  # the HTTP status the exchange ended with

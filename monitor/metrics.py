@@ -89,3 +89,44 @@ def server_metrics(registry: CollectorRegistry) -> ServerMetrics:
             "1 when the served chat template differs from the one training or the gate recorded.",
         ),
     )
+
+
+@dataclass
+class DriftMetrics:
+    """The drift job's gauges: per model and feature (a fixed list), the last window's effect
+    size, its threshold, its corrected p-value and the decision (1 drifted, 0 not)."""
+
+    statistic: Gauge
+    threshold: Gauge
+    p_value: Gauge
+    detected: Gauge
+    window_events: Gauge
+    last_run: Gauge
+
+    def export(self, model: str, results, events: int) -> None:
+        for r in results:
+            self.statistic.labels(model, r.feature).set(r.value)
+            self.threshold.labels(model, r.feature).set(r.threshold)
+            self.p_value.labels(model, r.feature).set(r.p_adjusted)
+            self.detected.labels(model, r.feature).set(1 if r.drifted else 0)
+        self.window_events.labels(model).set(events)
+        self.last_run.labels(model).set_to_current_time()
+
+
+def drift_metrics(registry: CollectorRegistry) -> DriftMetrics:
+    """The drift gauges, registered on ``registry`` (the server's, or the job's own)."""
+    by_feature = ("model_name", "feature")
+
+    def gauge(metric: str, doc: str, labels=by_feature) -> Gauge:
+        return Gauge(f"{PREFIX}_drift_{metric}", doc, labels, registry=registry)
+
+    return DriftMetrics(
+        statistic=gauge("statistic", "The last window's effect size (PSI, JS distance, MMD²)."),
+        threshold=gauge("threshold", "The effect size at which a feature counts as drifted."),
+        p_value=gauge("p_value", "The last window's p-value, corrected over the features."),
+        detected=gauge("detected", "1 when the last window drifted for the feature, else 0."),
+        window_events=gauge("window_events", "Exchanges in the last window.", ("model_name",)),
+        last_run=gauge(
+            "last_run_timestamp_seconds", "When the drift job last judged.", ("model_name",)
+        ),
+    )

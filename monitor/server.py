@@ -108,11 +108,28 @@ def _template_check(model_dir: Path, fingerprint: str, store: Path | None) -> st
     return None
 
 
+@dataclass(frozen=True)
+class DriftSetup:
+    """A drift job to run beside the server (``monitor.drift.job``): every ``every`` seconds
+    it judges the served model's latest window and sets the drift gauges of ``/metrics``."""
+
+    reference: object  # monitor.drift.detector.Reference
+    config: object  # monitor.drift.detector.DriftConfig
+    featurizer: object  # monitor.drift.job.Featurizer
+    every: float
+    label: str  # the reference's spec, as the store records it
+
+
 class Server:
-    """A loaded model with its decoding thread, event log and metrics."""
+    """A loaded model with its decoding thread, event log, metrics and drift job."""
 
     def __init__(
-        self, config: ServeConfig, events_dir: Path, store: Path | None = None, registry=None
+        self,
+        config: ServeConfig,
+        events_dir: Path,
+        store: Path | None = None,
+        registry=None,
+        drift: DriftSetup | None = None,
     ):
         from prometheus_client import CollectorRegistry
 
@@ -163,8 +180,20 @@ class Server:
             max_waiting=config.max_waiting,
         )
         self.responses: dict[str, None] = {}  # recent response ids, for feedback
+        self.drift = None
+        if drift is not None:
+            from monitor.drift.job import DriftJob
+            from monitor.metrics import drift_metrics
+
+            self.drift = DriftJob(
+                drift.reference, drift.config, events_dir, drift.featurizer, every=drift.every,
+                model=self.name, reference_label=drift.label, store=store,
+                metrics=drift_metrics(self.registry), filter_model=True,
+            ).start()  # fmt: skip
 
     def close(self) -> None:
+        if self.drift is not None:
+            self.drift.close()
         self.engine.close()
         self.events.close()
 
@@ -477,6 +506,7 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
                     response=generation.text if generation else None,
                     finish_reason=reason or None,
                     completion_tokens=generation.tokens if generation else None,
+                    response_nll=generation.nll if generation else None,
                     latency_s=latency,
                     ttft_s=ttft,
                     status=status,
@@ -599,10 +629,16 @@ async def _wait(server: Server, result: asyncio.Future, finish) -> Generation:
     return outcome
 
 
-def serve(config: ServeConfig, events_dir: Path, store: Path | None = None) -> None:
+def serve(
+    config: ServeConfig,
+    events_dir: Path,
+    store: Path | None = None,
+    drift: DriftSetup | None = None,
+) -> None:
     """Load the model and serve it until SIGTERM or SIGINT (which flush the event log);
-    ``store`` holds the gate reports its chat template is checked against."""
+    ``store`` holds the gate reports its chat template is checked against, and the drift
+    results of ``drift``'s job."""
     import uvicorn
 
-    server = Server(config, events_dir, store)
+    server = Server(config, events_dir, store, drift=drift)
     uvicorn.run(create_app(server), host=config.host, port=config.port, log_level="warning")

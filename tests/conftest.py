@@ -72,3 +72,39 @@ def model_without_template(micro_model, tmp_path):
         file.unlink()
     tokenizer.save_pretrained(plain)
     return plain
+
+
+@pytest.fixture
+def make_run():
+    """A function that stores a run of one perplexity task ("t", three examples) without a
+    model: ``make_run(con, name, status="complete", shift=0.0)``; ``shift`` raises its NLL."""
+    from evalkit.results import ExampleResult, add_results, create_run, finish_run
+
+    suite = {"tasks": [{"name": "t", "type": "perplexity", "dataset": "d"}]}
+
+    def make(con, name, status="complete", shift=0.0):
+        run_id = create_run(con, name=name, suite_name="s", suite_hash="h", suite=suite)
+        rows = [
+            ExampleResult(
+                "t", f"e{i}", {"nll": 2.0 + i + shift, "tokens": 4, "words": 3, "bytes": 12}
+            )
+            for i in range(3)
+        ]
+        add_results(con, run_id, rows)
+        if status != "running":
+            finish_run(con, run_id, summary={}, status=status)
+        return run_id
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def drift_cache(tmp_path_factory):
+    """A drift folder (WORKSPACE/drift) with the topic classifier trained and the embeddings of
+    the labelled prompts cached, built once: copy it into a workspace to skip the embedding."""
+    from finetune.data.corpora import labelled_prompts
+    from monitor.drift.job import open_featurizer
+
+    folder = tmp_path_factory.mktemp("drift")
+    open_featurizer(folder, labelled_prompts)
+    return folder

@@ -14,8 +14,8 @@ model_version   the served model that answered (string)
 prompt          the conversation sent: JSON of its messages, or plain text (one user turn)
 response        the model's answer (string)
 user_feedback   the user's verdict: -1 bad, 0 neutral, 1 good, or null (integer)
-drift_flag      set by the drift job when the exchange looks out of distribution (boolean;
-                the column may be absent)
+drift_flag      set when the drift job flagged the exchange (WORKSPACE/drift/flags, joined by
+                evalkit.events.events_view) or a column of the log itself; may be absent
 ==============  ============================================================================
 """
 
@@ -32,8 +32,9 @@ import duckdb
 import numpy as np
 
 from evalkit.errors import EvalkitError
+from evalkit.events import events_view
 from evalkit.rating.queue import Item
-from evalkit.results import complete_run
+from evalkit.results import check_same_suite, complete_run
 
 EVENT_COLUMNS = ("event_id", "timestamp", "model_version", "prompt", "response", "user_feedback")
 EVENT_SELECTIONS = ("low_feedback", "drift", "random")
@@ -165,12 +166,15 @@ def items_from_comparison(
 ) -> list[Item]:
     """A/B pairs: the baseline's and the candidate's answers to the same prompt.
 
-    Examples are joined on (task, example_id). Which answer is shown as A is a seeded coin flip
-    per example, recorded in the item (``source_a``/``source_b``).
+    The runs must be of one suite (the same tasks, decoding settings and data), as the gate
+    requires: otherwise a preference measures the settings, not the models. Examples are joined
+    on (task, example_id). Which answer is shown as A is a seeded coin flip per example, recorded
+    in the item (``source_a``/``source_b``).
     """
     selection = selection or Selection()
-    base_id = complete_run(con, baseline)["run_id"]
-    cand_id = complete_run(con, candidate)["run_id"]
+    base, cand = complete_run(con, baseline), complete_run(con, candidate)
+    check_same_suite(base, cand)
+    base_id, cand_id = base["run_id"], cand["run_id"]
     if base_id == cand_id:
         raise EvalkitError(f"baseline and candidate are the same run ({base_id})")
     theirs = {(r["task"], r["example_id"]): r for r in _run_rows(con, cand_id)}
@@ -252,10 +256,7 @@ def items_from_events(
         )
     con = duckdb.connect()
     try:
-        events = con.read_parquet(
-            [str(f) for f in files], hive_partitioning=True, union_by_name=True
-        )
-        events.create_view("events")
+        events_view(con, events_dir)
         columns = {row[0] for row in con.execute("DESCRIBE events").fetchall()}
         missing = [c for c in EVENT_COLUMNS if c not in columns]
         if missing:

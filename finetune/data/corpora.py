@@ -141,3 +141,25 @@ def load_corpus(name: str) -> list[dict]:
         hint = f"did you mean: {close[0]}?" if close else f"choose one of {', '.join(CORPORA)}"
         raise EvalkitError(f"unknown corpus {name!r}", hint=hint)
     return CORPORA[name]()
+
+
+def labelled_prompts(chitchat: int = 600, seed: int = 0) -> tuple[list[str], list[str]]:
+    """First user turns with a topic label, to train the drift job's topic classifier: each
+    chatterbot topic by its file's name, the support FAQ as ``support``, and a seeded sample of
+    ``chitchat`` chit-chat conversations as ``chitchat``."""
+    import random
+
+    texts, labels = [], []
+    sample = load_chitchat()
+    random.Random(seed).shuffle(sample)
+    for label, records in (
+        *((c["topic"], [c]) for c in load_topics()),
+        ("support", load_support_faq()),
+        ("chitchat", sample[:chitchat]),
+    ):
+        for record in records:
+            first = next((m["content"] for m in record["messages"] if m["role"] == "user"), "")
+            if first.strip():
+                texts.append(first)
+                labels.append(label)
+    return texts, labels

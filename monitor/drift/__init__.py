@@ -1,0 +1,1 @@
+"""Drift: statistics that compare live traffic with a reference, and the detector."""
