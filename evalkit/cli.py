@@ -196,7 +196,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
     for name in ("base", "data", "out"):
         if not getattr(config, name):
             raise EvalkitError(f"--{name} is required (or set it in --config)")
-    print(train(config, resume=args.resume).describe(bold=sys.stdout.isatty()))
+    result = train(config, resume=args.resume)
+    if result.rank == 0:
+        print(result.describe(bold=sys.stdout.isatty()))
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -236,8 +238,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         name=args.name,
         batch_size=args.batch_size,
         device=args.device,
+        progress=True,
     )
-    print(done.describe())
+    if done is not None:  # None: another process of a torchrun launch, which writes nothing
+        print(done.describe())
 
 
 def _cmd_runs(args: argparse.Namespace) -> None:
@@ -483,7 +487,9 @@ def _drift_setup(args: argparse.Namespace, workspace, prefix: str = ""):
     featurizer, topics = open_featurizer(workspace.drift_dir, labelled_prompts)
     mapping = _key_values(getattr(args, prefix + "map"), "--map")
     spec = getattr(args, prefix + "reference")
-    reference = load_reference(spec, workspace.events_dir, featurizer, config, mapping)
+    reference = load_reference(
+        spec, workspace.events_dir, featurizer, config, mapping, workspace.store_path
+    )
     notes = [topics, f"reference: {spec}, {reference.size} exchanges", *reference.notes]
     return config, featurizer, reference, notes
 
@@ -616,6 +622,39 @@ def _cmd_monitor_alerts(args: argparse.Namespace) -> None:
         print("  ".join(f"{k} {v}" for k, v in alert.items()))
 
 
+def _cmd_lineage(args: argparse.Namespace) -> None:
+    from evalkit.lineage import build_graph, find, render, trace
+    from evalkit.workspace import open_workspace
+
+    graph = build_graph(open_workspace(args.workspace), also=[args.id])
+    tree = trace(graph, find(graph, args.id), limit=args.limit)
+    print(json.dumps(tree, indent=2, default=str) if args.json else render(tree))
+
+
+def _add_lineage_parser(commands) -> None:
+    lineage = commands.add_parser(
+        "lineage",
+        help="what an artifact was built from, and what was built from it",
+        description="The chain of any artifact back to the raw inputs and forward to what was "
+        "built from it: datasets, training runs, models, eval runs, gate reports, served "
+        "versions, events and ratings, as each of them recorded it.",
+    )
+    lineage.add_argument(
+        "id",
+        metavar="ID",
+        help="dataset hash, training run or model directory, model hash, eval run id or name, "
+        "gate report id, served version, event id or rating id (or a unique prefix)",
+    )
+    lineage.add_argument("--json", action="store_true", help="the tree as JSON")
+    lineage.add_argument(
+        "--limit",
+        type=int,
+        default=10,
+        help="at most this many artifacts of a kind under each (default 10; 0: all)",
+    )
+    lineage.set_defaults(func=_cmd_lineage)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from evalkit.demo import run_demo
 
@@ -703,6 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rate_parser(commands)
     _add_monitor_parsers(commands)
     _add_app_parser(commands)
+    _add_lineage_parser(commands)
     demo = commands.add_parser(
         "demo",
         help="run the main job on the embedded default",
@@ -1158,7 +1198,8 @@ def _drift_options(parser, prefix: str = "", reference_help: str | None = None) 
         required=not prefix,
         metavar="SPEC",
         help=reference_help
-        or "log:START..END (a period of the event log) or file:PATH (an events file)",
+        or "log:START..END (a period of the event log), run:RUN (an evaluation run's "
+        "prompts and outputs) or file:PATH (an events file)",
     )
     parser.add_argument(
         f"--{prefix}map", action="append", metavar="SRC=DEST", help="an events file's column"
@@ -1315,7 +1356,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         return 0
     from dashboards.launch import run_app
 
-    return run_app(workspace.root, host=args.host, port=args.port)
+    return run_app(workspace.root, host=args.host, port=args.port, prometheus=args.prometheus)
 
 
 def _add_app_parser(commands) -> None:
@@ -1332,6 +1373,12 @@ def _add_app_parser(commands) -> None:
     )
     app.add_argument("--create-admin", metavar="NAME", help="create an admin account and exit")
     app.add_argument("--password-file", metavar="FILE", help="its password (default: prompted)")
+    app.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="read firing alerts from this Prometheus (default: $EVALKIT_PROMETHEUS_URL, else "
+        "the drift alerts in the store)",
+    )
     app.set_defaults(func=_cmd_app)
 
 

@@ -25,6 +25,7 @@ NUMERIC = ("prompt_tokens", "completion_tokens", "latency_s", "ttft_s", "respons
 CATEGORICAL = ("finish_reason", "feedback", "topic")
 EMBEDDING = ("prompt_embedding",)
 FEATURES = NUMERIC + CATEGORICAL + EMBEDDING
+MISSING = ""  # a categorical value the source does not have
 
 # A response that declines: matched case-insensitively at its start (the first 80 characters),
 # where assistants put their refusals.
@@ -41,7 +42,8 @@ REFUSAL_SQL = REFUSAL.replace("'", "''")  # inside an SQL string literal
 
 @dataclass
 class Frame:
-    """The features of events in time order: one array per feature, one entry per event."""
+    """The features of events in time order: one array per feature, one entry per event;
+    a missing value is NaN (numeric) or :data:`MISSING` (categorical)."""
 
     event_ids: np.ndarray  # object
     timestamps: np.ndarray  # int64 microseconds since the epoch, non-decreasing
@@ -78,8 +80,15 @@ def _source_sql(columns: set[str]) -> str:
         )
         if "user_feedback" in columns:
             feedback = f"coalesce({feedback}, e.user_feedback)"
-    else:
+    elif "user_feedback" in columns:
         feedback = col("user_feedback", "INTEGER")
+    else:
+        feedback = None  # the source cannot tell: missing, not "none"
+    feedback_kind = (
+        "''"
+        if feedback is None
+        else (f"CASE WHEN {feedback} > 0 THEN 'up' WHEN {feedback} < 0 THEN 'down' ELSE 'none' END")
+    )
     event_id = "CAST(event_id AS VARCHAR)" if "event_id" in columns else "'row-' || _row"
     status = f"AND coalesce({col('status', 'INTEGER')}, 200) < 400" if "status" in columns else ""
     return f"""
@@ -92,9 +101,8 @@ def _source_sql(columns: set[str]) -> str:
                {col("ttft_s", "DOUBLE")} AS ttft_s,
                {col("response_nll", "DOUBLE")} AS response_nll,
                {refusal} AS refusal,
-               coalesce({col("finish_reason", "VARCHAR")}, 'none') AS finish_reason,
-               CASE WHEN {feedback} > 0 THEN 'up' WHEN {feedback} < 0 THEN 'down'
-                    ELSE 'none' END AS feedback,
+               coalesce({col("finish_reason", "VARCHAR")}, '') AS finish_reason,
+               {feedback_kind} AS feedback,
                {text} AS text
         FROM events e
         WHERE {is_exchange} {status}

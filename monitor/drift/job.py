@@ -95,11 +95,15 @@ def load_reference(
     featurizer: Featurizer,
     config: DriftConfig,
     mapping: dict[str, str] | None = None,
+    store: Path | None = None,
 ) -> Reference:
     """The reference a spec names: ``log:START..END`` (a period of the event log, ISO dates or
-    times, END excluded), or ``file:PATH`` (an events file as ``monitor import`` reads it,
-    columns renamed by ``mapping``); a bare path is a file."""
+    times, END excluded), ``run:RUN`` (the prompts and outputs of an evaluation run in
+    ``store``: what the model was evaluated on; features of serving, such as latency, are left
+    out), or ``file:PATH`` (an events file as ``monitor import`` reads it, columns renamed by
+    ``mapping``); a bare path is a file."""
     kind, _, rest = spec.partition(":")
+    where, params = "true", []
     if kind == "log":
         start, dots, end = rest.partition("..")
         if not dots:
@@ -107,14 +111,39 @@ def load_reference(
         con = open_events(events_dir)
         where = "ts >= epoch_us(?::TIMESTAMPTZ) AND ts < epoch_us(?::TIMESTAMPTZ)"
         params = [_instant(start), _instant(end)]
+    elif kind == "run":
+        con = _run_events(store, rest)
     else:
-        path = rest if kind == "file" else spec
-        con, where, params = open_events(path, mapping), "true", []
+        con = open_events(rest if kind == "file" else spec, mapping)
     try:
         frame, embeddings = featurizer.read(con, where, params)
     finally:
         con.close()
     return build_reference(frame, embeddings, config)
+
+
+def _run_events(store: Path | None, ref: str):
+    """A DuckDB connection whose view ``events`` holds an evaluation run's examples."""
+    import duckdb
+
+    from evalkit.results import resolve
+    from evalkit.store import open_store
+
+    if store is None or not Path(store).is_file():
+        raise EvalkitError(f"--reference run:{ref}: no store with evaluation runs")
+    with open_store(store) as source:
+        run_id = resolve(source, ref)
+        table = source.execute(
+            """SELECT e.task || '/' || e.example_id AS event_id, r.started_at AS timestamp,
+                      e.prompt, e.output AS response
+               FROM eval_examples e JOIN eval_runs r USING (run_id)
+               WHERE run_id = ? AND e.prompt IS NOT NULL ORDER BY e.task, e.example_id""",
+            [run_id],
+        ).to_arrow_table()
+    con = duckdb.connect()
+    con.register("events_table", table)
+    con.execute("CREATE VIEW events AS SELECT * FROM events_table")
+    return con
 
 
 @dataclass

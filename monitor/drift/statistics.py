@@ -116,6 +116,15 @@ def numeric_reference(values, n_bins: int = 10) -> NumericReference:
     return NumericReference(ordered, edges, proportions, max(float(np.std(ordered)), SCALE_FLOOR))
 
 
+def numeric_psi(ref: NumericReference, current) -> float:
+    """PSI alone, as :func:`numeric_drift` computes it, without sorting ``current``: the
+    effect size a detector checks first, before it pays for the tests."""
+    cur = _finite(current, "current")
+    bins = np.searchsorted(ref.edges, cur, side="right") - 1  # edges[i] <= x < edges[i + 1]
+    counts = np.bincount(bins, minlength=ref.edges.size - 1)
+    return _psi(ref.proportions, counts / cur.size)
+
+
 def numeric_drift(ref: NumericReference, current) -> NumericDrift:
     """PSI, KS (statistic and p-value) and normalized Wasserstein of ``current`` against ``ref``.
 

@@ -174,3 +174,38 @@ def test_refusals_and_feedback_are_read_from_the_log(tmp_path):
     frame = read_frame(open_events(tmp_path / "events"))
     assert list(frame.numeric["refusal"]) == [1.0, 0.0]
     assert sorted(frame.categorical["feedback"]) == ["down", "none"]
+
+
+def test_an_evaluation_run_is_a_reference(workspace, tmp_path, capsys):
+    from evalkit.results import ExampleResult, add_results, create_run, finish_run
+    from evalkit.store import open_store
+
+    with open_store(workspace / "evalkit.duckdb") as con:
+        run = create_run(con, name="support-eval", model_hash="m")
+        rows = [
+            ExampleResult(
+                task="support",
+                example_id=str(i),
+                prompt=json.dumps(c["messages"][:1]),
+                reference=c["messages"][1]["content"],
+                output="See the FAQ.",
+                scores={},
+            )  # fmt: skip
+            for i, c in enumerate(load_support_faq())
+        ]
+        add_results(con, run, rows)
+        finish_run(con, run, summary={})
+    calm = events(SUPPORT, 300, START + timedelta(days=1), seed=6)
+    assert main(["monitor", "import", str(write(tmp_path / "calm.jsonl", calm))]) == 0
+    args = ["monitor", "drift", "--reference", "run:support-eval", "--window-events", "300"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "reference: run:support-eval, 298 exchanges" in captured.err
+    assert "latency_s: 0 reference values, not judged" in captured.err  # not served: no latency
+    topic = next(line for line in captured.out.splitlines() if line.startswith("topic "))
+    assert topic.endswith("ok")
+    drifted = events(OTHER, 300, START + timedelta(days=2), seed=7, first=300)
+    assert main(["monitor", "import", str(write(tmp_path / "drift.jsonl", drifted))]) == 0
+    assert main(args) == 1
+    topic = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("topic "))
+    assert topic.endswith("DRIFT")
