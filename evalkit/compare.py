@@ -2,8 +2,9 @@
 
 For every metric of every task: the baseline and candidate values, the difference with a 95%
 paired bootstrap interval (the same resampled examples for both runs, one draw shared by all
-metrics), a p-value from a paired test, and the smallest difference the sample could detect at
-80% power. The same comparison can be broken down by any metadata field (topic, source, ...).
+metrics), a p-value from a paired test (significant below alpha), which direction of the
+metric is better, and the smallest difference the sample could detect at 80% power. The same
+comparison can be broken down by any metadata field (topic, source, ...).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from scipy import stats as scipy_stats
 
 from evalkit.errors import EvalkitError
 from evalkit.metrics import DEGENERATION_FLAGS, RunMetric
-from evalkit.results import complete_run
+from evalkit.results import check_same_suite, complete_run
 from evalkit.stats import ALPHA, MIN_RESAMPLES, N_RESAMPLES, SEED
 from evalkit.stats.significance import (
     bootstrap_sums,
@@ -122,7 +123,29 @@ class MetricComparison:
 
     @property
     def significant(self) -> bool:
-        return self.p_value < self.alpha and (self.low > 0 or self.high < 0)  # NaN: no
+        """The paired test rejects "no difference" at alpha; an undefined interval (NaN: the
+        resamples could not measure the difference) is no evidence, whatever the p-value."""
+        return self.p_value < self.alpha and math.isfinite(self.low) and math.isfinite(self.high)
+
+    @property
+    def candidate_better(self) -> bool | None:
+        """Whether the candidate moved in the metric's better direction (None: the metric has
+        no better direction, or nothing moved)."""
+        if self.higher_is_better is None or not self.difference:
+            return None
+        return (self.difference > 0) == self.higher_is_better
+
+    @property
+    def better(self) -> str:
+        """Which way the metric is better, as the table shows it."""
+        return {True: "higher", False: "lower", None: "-"}[self.higher_is_better]
+
+    def note(self) -> str:
+        """'significant', with whether the candidate is better or worse where that is known."""
+        if not self.significant:
+            return ""
+        moved = {True: ": candidate better", False: ": candidate worse", None: ""}
+        return "significant" + moved[self.candidate_better]
 
 
 @dataclass
@@ -151,7 +174,15 @@ class Comparison:
 
     def to_dict(self) -> dict:
         def rows(items):
-            return [{**asdict(m), "relative": m.relative} for m in items]
+            return [
+                {
+                    **asdict(m),
+                    "relative": m.relative,
+                    "significant": m.significant,
+                    "candidate_better": m.candidate_better,
+                }
+                for m in items
+            ]
 
         return finite(
             {
@@ -169,8 +200,9 @@ class Comparison:
         )
 
     def table(self) -> str:
-        """The comparison as text: every metric with its difference, interval, p-value and the
-        smallest difference the sample detects, then the same per slice of each ``by`` field."""
+        """The comparison as text: every metric with the direction that is better, its
+        difference, interval, p-value (significant below alpha) and the smallest difference the
+        sample detects, then the same per slice of each ``by`` field."""
         sections = [("", self.metrics)] + [
             (f"{field}={value}", metrics)
             for field, values in self.breakdown.items()
@@ -181,17 +213,19 @@ class Comparison:
             if title:
                 lines += ["", title]
             lines.append(
-                f"{'task':<24} {'metric':<16} {'baseline':>10} {'candidate':>10} {'diff':>10} "
+                f"{'task':<24} {'metric':<16} {'better':>6} {'baseline':>10} {'candidate':>10} "
+                f"{'diff':>10} "
                 f"{interval_label(self.alpha):>22} {'p':>7} {'detectable':>10}  note"
             )
             for m in metrics:
                 ci = f"[{m.low:.4g}, {m.high:.4g}]"
-                note = "significant" if m.significant else ""
+                note = m.note()
                 if m.metric in DEGENERATION_FLAGS:  # flagged responses, counted
                     counts = f"{round(m.baseline * m.n)} -> {round(m.candidate * m.n)} of {m.n}"
                     note = f"{counts}, {note}" if note else counts
                 lines.append(
-                    f"{m.task:<24} {m.metric:<16} {m.baseline:>10.4g} {m.candidate:>10.4g} "
+                    f"{m.task:<24} {m.metric:<16} {m.better:>6} {m.baseline:>10.4g} "
+                    f"{m.candidate:>10.4g} "
                     f"{m.difference:>+10.4g} {ci:>22} {m.p_value:>7.3g} {m.min_detectable:>10.3g}  "
                     f"{note}"
                 )
@@ -360,12 +394,7 @@ def compare_runs(
     intervals at 1 - alpha confidence."""
     baseline = complete_run(con, baseline_id)
     candidate = complete_run(con, candidate_id)
-    if baseline["suite_hash"] != candidate["suite_hash"]:
-        raise EvalkitError(
-            f"runs {baseline['run_id']} ({baseline['suite_name']}) and {candidate['run_id']} "
-            f"({candidate['suite_name']}) are of different suites, or of different data",
-            hint="evaluate both models with the same suite file and datasets",
-        )
+    check_same_suite(baseline, candidate)
     if n_resamples < MIN_RESAMPLES:
         raise EvalkitError(f"at least {MIN_RESAMPLES:,} bootstrap resamples are needed")
     if not 0 < alpha < 0.5:

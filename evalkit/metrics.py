@@ -158,6 +158,14 @@ class RunMetric:
         sums = np.append(table.sum(axis=0), len(table))[None]
         return float(self.aggregate(sums)[0])
 
+    def per_example(self, column: Callable[[str], np.ndarray]) -> np.ndarray:
+        """Each example's own value, to rank examples by; ``column(name)`` gives a score column."""
+        if self.example_columns:
+            cols = [column(name) for name in self.example_columns]
+            return cols[0] - cols[1] if len(cols) == 2 else cols[0]
+        table = np.column_stack([column(name) for name in self.columns])
+        return self.aggregate(np.hstack([table, np.ones((len(table), 1))]))
+
 
 def _mean(sums: np.ndarray) -> np.ndarray:
     return sums[:, 0] / sums[:, -1]

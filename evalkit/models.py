@@ -6,6 +6,7 @@ same clear error everywhere. What identifies a model is in :mod:`evalkit.provena
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,22 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 _MODEL_DIR_HINT = "pass a directory written by save_pretrained (config.json, weights, tokenizer)"
+# What a Hugging Face tokenizer is loaded from: at least one of these (fast, SentencePiece,
+# byte-level BPE or WordPiece vocabularies); without any, transformers builds an empty tokenizer.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -35,13 +52,47 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _check_model_dir(path: Path) -> None:
+def check_model_dir(path: str | Path, *, weights: bool = True) -> Path:
+    """Say what a model directory lacks before transformers reads it: every command loads models
+    through here, so a broken directory gets the same message everywhere.
+
+    Checked: that it is a directory, that config.json is valid JSON naming a ``model_type``,
+    that tokenizer files are there and, when ``weights``, the weights.
+    """
+    path = Path(path)
+    if path.is_file():
+        raise EvalkitError(f"{path} is a file, not a model directory", hint=_MODEL_DIR_HINT)
     if not path.is_dir():
         raise EvalkitError(f"model directory {path} does not exist", hint=_MODEL_DIR_HINT)
-    if not (path / "config.json").is_file():
+    config = path / "config.json"
+    if not config.is_file():
         raise EvalkitError(
             f"{path} holds no config.json, so it is not a model directory", hint=_MODEL_DIR_HINT
         )
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as exc:  # not JSON, not UTF-8, or not an object
+        reason = str(exc) if isinstance(exc, ValueError) else "not a JSON object"
+        raise EvalkitError(
+            f"{config} is corrupt: {reason}",
+            hint="restore it from the model's source (save_pretrained writes it)",
+        ) from None
+    if not model_type:
+        raise EvalkitError(
+            f"{config} names no model_type, so no model class can read it",
+            hint="restore it from the model's source (save_pretrained writes it)",
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise EvalkitError(
+            f"{path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)})",
+            hint="save the tokenizer into the directory too: tokenizer.save_pretrained(DIR)",
+        )
+    if weights and not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise EvalkitError(
+            f"{path} has no weights (none of {', '.join(WEIGHT_FILES)})",
+            hint="save the model into the directory: model.save_pretrained(DIR)",
+        )
+    return path
 
 
 def load_tokenizer(
@@ -50,8 +101,7 @@ def load_tokenizer(
     """Load the tokenizer of a local model directory; it must carry a chat template."""
     from transformers import AutoTokenizer
 
-    path = Path(path)
-    _check_model_dir(path)
+    path = check_model_dir(path, weights=False)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # transformers raises many types for a broken tokenizer
@@ -75,7 +125,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
-    path = Path(path)
+    path = check_model_dir(path)
     tokenizer = load_tokenizer(path, require_chat_template=require_chat_template)
     try:
         model = AutoModelForCausalLM.from_pretrained(path)

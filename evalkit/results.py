@@ -2,13 +2,19 @@
 
 A run is written as ``running``, its examples are added task by task, and only
 :func:`finish_run` marks it ``complete``; a run that died halfway stays ``running`` (or
-``failed``) and is never read as a result. A complete run is immutable: nothing updates or
-deletes its rows. Scores are kept per example, so two runs can be compared example by example.
+``failed``) and is never read as a result. A complete run's numbers are immutable: only its
+name can change (:func:`rename_run`), and only :func:`remove_run`, on the user's request, deletes
+it. Scores are kept per example, so two runs can be compared example by example.
+
+A run is named by its id, a unique prefix of it, or its name. Names may repeat (the same suite
+run again under the same name): a name means its latest complete run, so an interrupted or
+failed run never takes a name from the one that finished.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +24,8 @@ import duckdb
 
 from evalkit.errors import EvalkitError
 from evalkit.store import insert_columns, transaction
+
+log = logging.getLogger(__name__)
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS eval_runs (
@@ -136,26 +144,81 @@ def finish_run(
     )
 
 
-def get_run(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
-    """One run as a dict (JSON columns decoded); a unique id prefix is enough."""
-    ensure_schema(con)
-    rows = con.execute(
-        "SELECT * FROM eval_runs WHERE run_id LIKE ? || '%' OR name = ? ORDER BY started_at",
-        [run_id, run_id],
-    )
+def _runs(con: duckdb.DuckDBPyConnection, where: str, params: list) -> list[dict]:
+    rows = con.execute(f"SELECT * FROM eval_runs WHERE {where} ORDER BY started_at", params)
     names = [d[0] for d in rows.description]
-    found = [dict(zip(names, row)) for row in rows.fetchall()]
+    return [dict(zip(names, row)) for row in rows.fetchall()]
+
+
+def resolve(con: duckdb.DuckDBPyConnection, ref: str) -> str:
+    """The id of the run that ``ref`` names: an exact id, else a name, else a unique id prefix.
+
+    A name shared by several runs means the latest complete one (or, when none completed, the
+    latest one, which callers then refuse as unfinished); the choice is logged.
+    """
+    ensure_schema(con)
+    if _runs(con, "run_id = ?", [ref]):
+        return ref
+    named = _runs(con, "name = ?", [ref])
+    if named:
+        complete = [r for r in named if r["status"] == "complete"]
+        chosen = (complete or named)[-1]
+        if len(named) > 1:
+            what = "latest complete" if complete else "latest (none is complete)"
+            log.warning(
+                "%r names %d runs; using the %s one, %s of %s",
+                ref, len(named), what, chosen["run_id"], str(chosen["started_at"])[:19],
+            )  # fmt: skip
+        return chosen["run_id"]
+    found = _runs(con, "starts_with(run_id, ?)", [ref])
     if not found:
         raise EvalkitError(
-            f"no evaluation run {run_id!r} in the store", hint="`evalkit runs` lists the runs"
+            f"no evaluation run {ref!r} in the store", hint="`evalkit runs` lists the runs"
         )
     if len(found) > 1:
         ids = ", ".join(r["run_id"] for r in found)
-        raise EvalkitError(f"{run_id!r} names several runs ({ids})", hint="give the run id")
-    run = found[0]
+        raise EvalkitError(f"{ref!r} starts several run ids ({ids})", hint="give more of the id")
+    return found[0]["run_id"]
+
+
+def get_run(con: duckdb.DuckDBPyConnection, ref: str) -> dict:
+    """One run as a dict (JSON columns decoded), named as :func:`resolve` reads a name."""
+    run = _runs(con, "run_id = ?", [resolve(con, ref)])[0]
     for key in ("suite", "lineage", "summary"):
         if run[key] is not None:
             run[key] = json.loads(run[key])
+    return run
+
+
+def latest_complete(con: duckdb.DuckDBPyConnection, name: str) -> str | None:
+    """The id of the latest complete run called ``name``, if any."""
+    ensure_schema(con)
+    found = _runs(con, "name = ? AND status = 'complete'", [name])
+    return found[-1]["run_id"] if found else None
+
+
+def rename_run(con: duckdb.DuckDBPyConnection, ref: str, name: str) -> str:
+    """Give a run a new name; a name that another complete run holds is refused. Returns the id."""
+    run_id = resolve(con, ref)
+    holder = latest_complete(con, name)
+    if holder not in (None, run_id):
+        raise EvalkitError(
+            f"the name {name!r} already means run {holder}",
+            hint="rename or remove that run first (`evalkit runs rename`, `evalkit runs rm`)",
+        )
+    con.execute("UPDATE eval_runs SET name = ? WHERE run_id = ?", [name, run_id])
+    return run_id
+
+
+def remove_run(con: duckdb.DuckDBPyConnection, ref: str) -> dict:
+    """Delete a run and its per-example rows, in one transaction; returns what was removed.
+
+    Reports and rating items keep their own copies of what they showed.
+    """
+    run = get_run(con, ref)
+    with transaction(con):
+        for table in ("eval_scores", "eval_examples", "eval_runs"):
+            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run["run_id"]])
     return run
 
 
@@ -178,6 +241,17 @@ def complete_run(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
             hint="run the evaluation again: finished generations are cached and reused",
         )
     return run
+
+
+def check_same_suite(baseline: dict, candidate: dict) -> None:
+    """Two runs measured the same thing: one suite (its tasks, decoding settings) on the same
+    data. Anything that sets them side by side (compare, the gate, A/B rating) checks this."""
+    if baseline["suite_hash"] != candidate["suite_hash"]:
+        raise EvalkitError(
+            f"runs {baseline['run_id']} ({baseline['suite_name']}) and {candidate['run_id']} "
+            f"({candidate['suite_name']}) are of different suites, decoding settings or data",
+            hint="evaluate both models with the same suite file and datasets",
+        )
 
 
 def prompt_messages(prompt: str | None) -> list[dict]:

@@ -9,6 +9,7 @@ threads may each open their own.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -20,7 +21,13 @@ import duckdb
 
 from evalkit.errors import EvalkitError
 
+log = logging.getLogger(__name__)
+
 LOCK_TIMEOUT_S = 30.0  # how long to retry a file locked by another process
+
+
+class StoreBusy(EvalkitError):
+    """The store stayed locked by another process: nothing was written, try again later."""
 
 
 def _locked(exc: Exception) -> bool:
@@ -30,7 +37,11 @@ def _locked(exc: Exception) -> bool:
 def connect(
     path: str | Path, *, read_only: bool = False, timeout: float = LOCK_TIMEOUT_S
 ) -> duckdb.DuckDBPyConnection:
-    """Open the DuckDB file at ``path``, retrying with back-off while another process locks it."""
+    """Open the DuckDB file at ``path``, retrying with back-off while another process locks it.
+
+    The first refusal is reported at once (a warning: on stderr unless logging says otherwise)
+    with the file, the process holding it where DuckDB names it, and how long it will wait.
+    """
     path = Path(path)
     if read_only and not path.exists():
         raise EvalkitError(
@@ -40,20 +51,29 @@ def connect(
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     delay = 0.05
+    said = False
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as exc:
             if not _locked(exc):
                 raise EvalkitError(f"cannot open store {path}: {exc}") from exc
+            holder = re.search(r"held in (.+?\(PID \d+\))", str(exc))
             if time.monotonic() >= deadline:
-                holder = re.search(r"held in (.+?\(PID \d+\))", str(exc))
-                raise EvalkitError(
+                raise StoreBusy(
                     f"store {path} is locked by another process"
                     + (f": {holder.group(1)}" if holder else ""),
                     hint="wait for that process to finish or stop it, then run the command again;"
                     " nothing was written",
                 ) from exc
+            if not said:
+                log.warning(
+                    "store %s is locked by another process%s; waiting up to %.0f s for it",
+                    path,
+                    f" ({holder.group(1)})" if holder else "",
+                    timeout,
+                )
+                said = True
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 1.0)
 

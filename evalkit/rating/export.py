@@ -1,9 +1,10 @@
 """Training data from ratings, in TRL's conversational formats, one JSON object per line.
 
 - ``sft``: ``{"messages": [...]}``: the prompt and the annotator's corrected response.
-- ``dpo``: ``{"prompt", "chosen", "rejected"}``: from pairwise judgements (the answer most
-  annotators preferred; ties, "both bad" and split votes give no row) and from corrections (the
-  correction is preferred over the original).
+- ``dpo``: ``{"prompt", "chosen", "rejected"}``: from pairwise judgements (the answer more than
+  half of the item's annotators preferred; a "tie" or "both bad" vote is a vote for neither, so
+  a tie and a B, or an even split, give no row) and from corrections (the correction is
+  preferred over the original).
 - ``kto``: ``{"prompt", "completion", "label"}``: from thumbs, or from the mean Likert score
   against a threshold when a rating has no thumbs; the item's label is the majority of its
   ratings' labels (a split gives no row).
@@ -65,7 +66,7 @@ def dpo_rows(records: Iterable[dict]) -> list[dict]:
     for item_id, ratings in _by_item(r for r in records if r["choice"]).items():
         votes = [r["choice"] for r in ratings]
         a, b = votes.count("A"), votes.count("B")
-        if a == b:
+        if 2 * max(a, b) <= len(votes):  # no answer has a majority of the votes
             continue
         first = ratings[0]
         better, worse = (first["response_a"], first["response_b"])[:: 1 if a > b else -1]

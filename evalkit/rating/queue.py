@@ -46,12 +46,12 @@ import duckdb
 
 from evalkit import __version__
 from evalkit.errors import EvalkitError
-from evalkit.rating.rubric import Rating, Rubric, check_choice, load_rubric
+from evalkit.rating.rubric import ITEM_KINDS, Rating, Rubric, check_choice, load_rubric
 from evalkit.store import insert_columns, transaction
 
 log = logging.getLogger(__name__)
 
-KINDS = ("single", "pair", "correction")
+KINDS = ITEM_KINDS
 CONFLICT_TIMEOUT_S = 10.0  # how long to retry write conflicts before giving up
 
 SCHEMA = (

@@ -7,6 +7,7 @@ the pure statistics in :mod:`evalkit.stats.agreement` and :mod:`evalkit.stats.ra
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from evalkit.errors import EvalkitError
 from evalkit.rating.queue import LIVE_LEASES, ensure_schema, utc_now
-from evalkit.rating.rubric import CHOICES, THUMBS, Rubric
+from evalkit.rating.rubric import CHOICES, ITEM_KINDS, THUMBS, Rubric, check_choice
 from evalkit.stats import N_RESAMPLES, SEED
 from evalkit.stats.agreement import (
     Agreement,
@@ -85,6 +86,38 @@ def queue_status(con: duckdb.DuckDBPyConnection) -> dict:
         ).fetchone()[0],
         "refused": con.execute("SELECT count(*) FROM rating_refused").fetchone()[0],
     }
+
+
+def list_items(
+    con: duckdb.DuckDBPyConnection, *, batch: str | None = None, kind: str | None = None
+) -> list[dict]:
+    """The queued items, oldest first: id, kind, counted ratings of the overlap wanted, whether
+    gold, batch, slice and source (of one ``batch`` or ``kind``: all)."""
+    ensure_schema(con)
+    if kind is not None:
+        check_choice(kind, ITEM_KINDS, "item kind")
+    rows = con.execute(
+        "WITH counted AS (SELECT item_id, count(*) AS ratings FROM ratings "
+        "WHERE skip_reason IS NULL GROUP BY item_id) "
+        "SELECT item_id, kind, coalesce(ratings, 0) AS ratings, overlap, gold IS NOT NULL AS gold,"
+        " batch, slice, priority, source FROM rating_items LEFT JOIN counted USING (item_id) "
+        "WHERE ($batch IS NULL OR batch = $batch) AND ($kind IS NULL OR kind = $kind) "
+        "ORDER BY created_at, item_id",
+        {"batch": batch, "kind": kind},
+    )
+    names = [d[0] for d in rows.description]
+    return [dict(zip(names, row)) | {"source": json.loads(row[-1])} for row in rows.fetchall()]
+
+
+def format_items(items: list[dict]) -> str:
+    lines = [f"{'item':<18}{'kind':<12}{'rated':>7}  {'gold':<6}{'batch':<14}{'slice':<14}source"]
+    for i in items:
+        source = json.dumps(i["source"], sort_keys=True)
+        lines.append(
+            f"{i['item_id']:<18}{i['kind']:<12}{i['ratings']:>3} of {i['overlap']:<2}"
+            f"{'yes' if i['gold'] else '':<6}{i['batch'] or '-':<14}{i['slice'] or '-':<14}{source}"
+        )
+    return "\n".join(lines)
 
 
 def gold_correct(gold: dict, rating: dict) -> bool:
@@ -196,23 +229,35 @@ def ranking_report(
     power: float = 0.8,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
+    prior: float = 0.1,
 ) -> tuple[Ranking, list[HeadToHead]]:
     """Bradley-Terry over every pairwise judgement, and each candidate's win rate over its
-    baseline with the judgements still needed to tell it from ``threshold``."""
+    baseline with the judgements still needed to tell it from ``threshold``.
+
+    Models are shown by their run names (see :func:`model_labels`). ``prior`` is the
+    Bradley-Terry prior, in wins (choix's ``alpha``): 0 gives the maximum-likelihood fit.
+    """
+    if not (prior >= 0 and math.isfinite(prior)):
+        raise EvalkitError(f"prior {prior}: must be 0 or more", hint="0.1 keeps strengths finite")
     pairs = [r for r in load_ratings(con) if r["choice"]]
     if not pairs:
         raise EvalkitError(
             "no pairwise judgements in the store yet",
             hint="queue a comparison (`evalkit rate enqueue compare`) and rate some pairs",
         )
-    ranking = bradley_terry(
-        [r["source_a"] for r in pairs],
-        [r["source_b"] for r in pairs],
-        [OUTCOME[r["choice"]] for r in pairs],
-        [r["group_id"] for r in pairs],
-        n_resamples=n_resamples,
-        seed=seed,
-    )
+    label = model_labels(con, {r[k] for r in pairs for k in ("source_a", "source_b")})
+    try:
+        ranking = bradley_terry(
+            [label[r["source_a"]] for r in pairs],
+            [label[r["source_b"]] for r in pairs],
+            [OUTCOME[r["choice"]] for r in pairs],
+            [r["group_id"] for r in pairs],
+            n_resamples=n_resamples,
+            seed=seed,
+            prior=prior,
+        )
+    except ValueError as exc:
+        raise EvalkitError(f"Bradley-Terry with prior {prior}: {exc}") from None
     by_comparison: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in pairs:
         if "baseline" in r["source"]:
@@ -225,8 +270,29 @@ def ranking_report(
         ]
         rate = win_rate(outcome, [r["group_id"] for r in rows], n_resamples=n_resamples, seed=seed)
         plan = comparisons_needed(outcome, threshold, power=power)
-        comparisons.append(HeadToHead(baseline, candidate, rate, plan))
+        comparisons.append(HeadToHead(label[baseline], label[candidate], rate, plan))
     return ranking, comparisons
+
+
+def model_labels(con: duckdb.DuckDBPyConnection, sources: set[str]) -> dict[str, str]:
+    """How to show each response's source: an evaluation run by its name (with its id where
+    several runs share the name, or none is given), anything else (a served model version) as
+    it is."""
+    from evalkit.results import ensure_schema as ensure_runs
+
+    ensure_runs(con)
+    names = dict(
+        con.execute(
+            "SELECT run_id, name FROM eval_runs WHERE list_contains(?, run_id)", [sorted(sources)]
+        ).fetchall()
+    )
+    shared = Counter(names.values())
+    labels = {}
+    for source in sources:
+        name = names.get(source, source)
+        unique = source not in names or (name and shared[name] == 1)
+        labels[source] = name if unique else f"{name or 'run'} ({source})"
+    return labels
 
 
 def format_status(con: duckdb.DuckDBPyConnection) -> str:
@@ -267,7 +333,9 @@ def format_ranking(ranking: Ranking, comparisons: list[HeadToHead]) -> str:
         f"{'model':<28}{'log-strength':>13}{'95% CI':>20}{'wins':>9}{'judged':>8}",
     ]
     for s in ranking.strengths:
-        ci = f"[{s.low:+.3f}, {s.high:+.3f}]"
+        # Without a prior, a resample where a model wins all or none has no fit: no interval.
+        finite = math.isfinite(s.low) and math.isfinite(s.high)
+        ci = f"[{s.low:+.3f}, {s.high:+.3f}]" if finite else "undefined"
         lines.append(f"{s.model:<28}{s.theta:>+13.3f}{ci:>20}{s.wins:>9g}{s.comparisons:>8}")
     for c in comparisons:
         w, p = c.win_rate, c.plan

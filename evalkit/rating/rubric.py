@@ -12,12 +12,13 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, check_keys
 
 DEFAULT_RUBRIC = Path(__file__).with_name("rubric.toml")
 LIKERT = (1, 2, 3, 4, 5)
 CHOICES = ("A", "B", "tie", "both_bad")  # pairwise: A, B, a tie, or neither acceptable
 THUMBS = ("up", "down")
+ITEM_KINDS = ("single", "pair", "correction")  # what the instructions are given for
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,17 @@ def load_rubric(path: str | Path | None = None) -> Rubric:
         raise EvalkitError(
             f"rubric {path} is not valid TOML: {exc}", hint="fix the file at that line"
         ) from exc
+    where = f"rubric {path}"
+    check_keys(data, ("name", "version", "instructions", "dimensions"), what="key", where=where)
+    if isinstance(data.get("instructions"), dict):
+        check_keys(
+            data["instructions"], ITEM_KINDS, what="item kind", where=f"{where}: instructions"
+        )
+    for number, d in enumerate(data.get("dimensions") or [], start=1):
+        if isinstance(d, dict):
+            check_keys(
+                d, ("name", "question", "anchors"), what="key", where=f"{where}: dimension {number}"
+            )
     try:
         dimensions = tuple(
             Dimension(

@@ -88,9 +88,10 @@ def fit_bradley_terry(wins: np.ndarray, prior: float = 0.1) -> np.ndarray:
         p = np.exp(theta[active])
         p *= p.shape[1] / p.sum(axis=1, keepdims=True)  # mean strength 1, as choix scales it
         denom = (games[active] / (p[:, :, None] + p[:, None, :])).sum(axis=2)
-        with np.errstate(divide="ignore"):
+        # Without a prior, a model that never wins goes to -inf (no fit): NaN, found by callers.
+        with np.errstate(divide="ignore", invalid="ignore"):
             new = np.log((won[active] + prior) / (denom + prior))
-        new -= new.mean(axis=1, keepdims=True)
+            new -= new.mean(axis=1, keepdims=True)
         change = np.abs(new - theta[active]).sum(axis=1)
         theta[active] = new
         still = change >= TOL
@@ -124,6 +125,11 @@ def bradley_terry(
     m = len(models)
     total = per_prompt.sum(axis=0)
     theta = fit_bradley_terry(total.reshape(1, m, m), prior)[0]
+    if not np.isfinite(theta).all():
+        raise ValueError(
+            "the maximum-likelihood fit does not exist: a model won all or none of its "
+            "comparisons (give a prior above 0)"
+        )
     resampled = np.vstack(
         [
             fit_bradley_terry((c @ per_prompt).reshape(-1, m, m), prior)

@@ -133,12 +133,12 @@ def _run_events(store: Path | None, ref: str):
         raise EvalkitError(f"--reference run:{ref}: no store with evaluation runs")
     with open_store(store) as source:
         run_id = resolve(source, ref)
-        table = source.execute(
+        table = source.sql(
             """SELECT e.task || '/' || e.example_id AS event_id, r.started_at AS timestamp,
                       e.prompt, e.output AS response
                FROM eval_examples e JOIN eval_runs r USING (run_id)
                WHERE run_id = ? AND e.prompt IS NOT NULL ORDER BY e.task, e.example_id""",
-            [run_id],
+            params=[run_id],
         ).to_arrow_table()
     con = duckdb.connect()
     con.register("events_table", table)

@@ -114,3 +114,50 @@ def test_scores_are_placed_by_example_id(tmp_path):
         table = load_scores(con, run)["t"]
     assert table.example_ids == ["a", "b", "c"]
     np.testing.assert_array_equal(table.column("score"), [1.0, np.nan, 3.0])
+
+
+def _ter_entry():
+    """Two systems' TER statistics on 25 made-up segments, where sacrebleu's paired bootstrap
+    p-value (0.046) is below 0.05 while the percentile interval still reaches over zero."""
+    from evalkit.metrics import reference_metrics, sentence_stats
+
+    words = [
+        "the",
+        "a",
+        "cable",
+        "router",
+        "reset",
+        "power",
+        "light",
+        "modem",
+        "port",
+        "network",
+        "check",
+    ]
+    rng = np.random.default_rng(18)
+
+    def sentences(n):
+        return [" ".join(rng.choice(words, 6)) for _ in range(n)]
+
+    refs = sentences(25)
+    base = [r if rng.random() < 0.4 else s for r, s in zip(refs, sentences(25))]
+    cand = [r if rng.random() < 0.55 else s for r, s in zip(refs, sentences(25))]
+    stats_b, stats_c = sentence_stats("ter", base, refs), sentence_stats("ter", cand, refs)
+    metric = reference_metrics("ter", stats_b.shape[1])[0]
+    ids = [f"e{i:03d}" for i in range(25)]
+    b, c = (TaskScores(ids, list(metric.columns), s) for s in (stats_b, stats_c))
+    return "gen", [metric], b, c
+
+
+def test_a_p_value_below_alpha_is_significant_and_says_which_way():
+    from evalkit.compare import Comparison
+
+    (m,) = compare_tables([_ter_entry()], n_resamples=1000, seed=0)
+    assert m.p_value < 0.05 and m.low < 0 < m.high  # the case a user saw
+    assert m.significant and m.difference < 0 and m.candidate_better is True
+    table = Comparison({}, {}, [m], {}, 1000, 0, 0.05, ({}, {})).table()
+    header, row = table.splitlines()
+    assert header.split()[2] == "better" and row.split()[2] == "lower"
+    assert row.endswith("significant: candidate better")
+    (m,) = compare_tables([_ter_entry()], n_resamples=1000, seed=0, alpha=0.01)
+    assert not m.significant and m.note() == ""

@@ -2,6 +2,9 @@
 work, never a default silently used."""
 
 import json
+import re
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +84,33 @@ def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
     (tmp_path / "conv.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(EvalkitError, match="line 2 is not UTF-8"):
         load_examples(suite.datasets["conv"])
+
+
+SUITES = Path(__file__).parents[2] / "fixtures" / "suites"
+
+
+def _readme_examples() -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", (SUITES / "README.md").read_text(), re.S)
+
+
+def test_the_suite_readme_documents_every_task_type_and_key(tmp_path):
+    from evalkit.suite import DATASET_KEYS, SUITE_KEYS
+    from evalkit.tasks import TASK_TYPES
+
+    readme = (SUITES / "README.md").read_text()
+    documented = set()
+    for number, example in enumerate(_readme_examples()):
+        path = tmp_path / f"example-{number}.toml"
+        path.write_text(
+            example.replace("../support_faq.jsonl", str(SUITES.parent / "support_faq.jsonl"))
+        )
+        documented |= {task.type for task in load_suite(path).tasks}
+    assert documented == set(TASK_TYPES)  # one example at least per type, each one loads
+    decoding = {f.name for f in fields(DecodingConfig)}  # bias refers to generation's table
+    for kind in TASK_TYPES.values():
+        section = readme.split(f"### `{kind.name}`")[1].split("\n### ")[0]
+        for key in kind.params() - (decoding if kind.name == "bias" else set()):
+            assert f"`{key}`" in section, f"{kind.name}: {key} is not documented"
+    tables = {"datasets": "[datasets.NAME]", "tasks": "[[tasks]]"}
+    for key in (*SUITE_KEYS, *DATASET_KEYS):
+        assert f"`{tables.get(key, key)}`" in readme, f"{key} is not documented"

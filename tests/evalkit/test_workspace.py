@@ -55,3 +55,19 @@ def test_atomic_dir_replaces_or_keeps_the_previous_directory(tmp_path):
         atomic_dir(final, full)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
     assert [p.name for p in final.iterdir()] == ["b.txt"]
+
+
+def test_output_paths_in_the_way_are_named(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a file")
+    with pytest.raises(
+        EvalkitError, match=r"cannot write .*notes.txt/x.jsonl: .*notes.txt is a file"
+    ):
+        write_jsonl([{"a": 1}], notes / "x.jsonl")
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    with pytest.raises(EvalkitError, match=r"cannot write .*ws: .*ws is a folder"):
+        write_jsonl([{"a": 1}], folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "ws"]  # no ws.partial
+    with pytest.raises(EvalkitError, match=r"cannot write .*notes.txt/deep/run: .*notes.txt is a"):
+        atomic_dir(notes / "deep" / "run", lambda tmp: None)

@@ -110,3 +110,25 @@ def test_exports_are_deterministic_jsonl_with_rating_ids(store, tmp_path, fmt):
 def test_unknown_format(store, tmp_path):
     with pytest.raises(EvalkitError, match="unknown export format 'orpo'"):
         export(store, "orpo", tmp_path / "x.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("votes", "chosen"),
+    [
+        (["tie", "B"], None),  # one of two annotators is no majority
+        (["both_bad", "A"], None),
+        (["A", "B"], None),
+        (["tie", "B", "B"], "answer B"),
+        (["A", "A", "B", "tie"], None),  # 2 of 4
+        (["A"], "answer A"),
+    ],
+)
+def test_dpo_takes_only_what_most_annotators_preferred(tmp_path, votes, chosen):
+    con = connect(tmp_path / "store.duckdb")
+    pair = dict(response_b="answer B", source_a="run-a", source_b="run-b", overlap=len(votes))
+    _rate(
+        con, Item("pair", PROMPT, "answer A", {"n": 1}, **pair), [Rating(choice=v) for v in votes]
+    )
+    rows = dpo_rows(load_ratings(con))
+    con.close()
+    assert [r["chosen"][0]["content"] for r in rows] == ([chosen] if chosen else [])

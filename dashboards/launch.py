@@ -1,0 +1,38 @@
+"""Start the app: ``streamlit run`` on ``dashboards/app.py``, with the workspace passed on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from evalkit.workspace import ENV_VAR
+from monitor.overview import PROMETHEUS_ENV
+
+APP = Path(__file__).with_name("app.py")
+
+
+def command(*, host: str = "127.0.0.1", port: int = 8501) -> list[str]:
+    """The ``streamlit run`` command line: headless, no usage statistics, no file watcher."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.address", host,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
+    ]  # fmt: skip
+
+
+def run_app(
+    workspace: Path, *, host: str = "127.0.0.1", port: int = 8501, prometheus: str | None = None
+) -> int:
+    """Serve the app on ``workspace`` until interrupted; returns Streamlit's exit code. The
+    Drift page reads firing alerts from ``prometheus`` (a URL) when given."""
+    env = {**os.environ, ENV_VAR: str(workspace)}
+    if prometheus:
+        env[PROMETHEUS_ENV] = prometheus
+    print(f"evalkit app on http://{host}:{port} (workspace {workspace}); Ctrl+C stops it")
+    return subprocess.call(command(host=host, port=port), env=env)

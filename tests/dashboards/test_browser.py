@@ -1,0 +1,164 @@
+"""The real app in headless Chromium (the system's, driven by Playwright): sign in, rate by
+keyboard, correct, reload mid-item; then the ratings are read back from DuckDB."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import closing
+
+import pytest
+
+from evalkit.store import open_store
+from tests.conftest import binary_or_skip
+
+from .conftest import PASSWORD, item, queue
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(workspace, tmp_path):
+    """`evalkit app` on a free loopback port; yields its URL."""
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evalkit.cli", "app", "--workspace", str(workspace.root),
+         "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
+                if response.read() == b"ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the app did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def browser():
+    chromium = binary_or_skip("chromium")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True)
+        yield browser
+        browser.close()
+
+
+def sign_in(page, url: str, name: str) -> None:
+    """Sign in with the keyboard: type the name, Tab, the password, Enter."""
+    page.goto(url)
+    page.get_by_label("Name").wait_for()
+    page.get_by_label("Name").focus()
+    page.keyboard.type(name)
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Rate").wait_for()
+
+
+def done_today(page) -> str:
+    return page.get_by_test_id("stMetricValue").first.inner_text()
+
+
+def wait_until(check, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def scored(page) -> int:
+    """How many rubric dimensions show a score (a ✓ beside an anchor)."""
+    return page.get_by_test_id("stMarkdown").filter(has_text="✓").count()
+
+
+def shown_question(page) -> str:
+    return page.get_by_test_id("stChatMessage").first.inner_text()
+
+
+def test_rating_in_the_browser(workspace, server, browser, tmp_path, capsys):
+    queue(workspace, [item(n) for n in range(5)])
+    correction = item(9, "correction")
+    queue(workspace, [type(correction)(**{**correction.__dict__, "priority": 5})])
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    page.get_by_label("Name").wait_for()
+    page.screenshot(path=shots / "sign_in.png")
+    sign_in(page, server, "ann")
+
+    # The correction comes first (priority 5): edit, apply, submit.
+    editor = page.get_by_label("Correct the response")
+    editor.fill("a corrected answer")
+    editor.press("Control+Enter")
+    page.get_by_text("+a corrected answer").wait_for()
+    page.screenshot(path=shots / "rate_correction.png")
+    page.get_by_role("button", name="Submit").click()
+    wait_until(lambda: done_today(page) == "1", "the correction to be counted")
+
+    # Three items by keyboard alone.
+    page.screenshot(path=shots / "rate_single.png")
+    for n in range(3):
+        question = shown_question(page)
+        # Each key waits until its score shows, as a person watching the rubric does (a key
+        # pressed while the desk is still answering the previous one can be dropped).
+        for count, key in enumerate(("4", "5", "3"), 1):
+            page.keyboard.press(key)
+            wait_until(lambda count=count: scored(page) == count, f"score {count} to show")
+        page.keyboard.press("Enter")
+        wait_until(lambda n=n: done_today(page) == str(2 + n), f"rating {n + 1} to be counted")
+        wait_until(lambda q=question: shown_question(page) != q, "the next item")
+
+    # Midway through an item, reload: the same item and its draft come back.
+    question = shown_question(page)
+    page.keyboard.press("2")
+    page.get_by_text("→ correctness").wait_for()
+    page.reload()
+    sign_in(page, server, "ann")
+    assert shown_question(page) == question
+    page.get_by_text("→ correctness").wait_for()  # the draft's first score survived
+    page.screenshot(path=shots / "rate_after_reload.png")
+
+    # An admin sees every page: one screenshot each.
+    admin = browser.new_page(viewport={"width": 1400, "height": 1000})
+    sign_in(admin, server, "ada")
+    last = {"Releases": "Two complete runs are needed", "Drift": "No drift results yet",
+            "Admin": "Audit log"}  # fmt: skip
+    for title, text in last.items():
+        admin.get_by_role("link", name=title).click()
+        admin.get_by_text(text).wait_for()  # the page is drawn to its end
+        admin.screenshot(path=shots / f"{title.lower()}.png", full_page=True)
+    with capsys.disabled():
+        print(f"\nscreenshots of every page: {shots}")
+    with open_store(workspace.store_path) as con:
+        got = con.execute(
+            "SELECT r.scores, r.corrected FROM ratings r ORDER BY r.submitted_at"
+        ).fetchall()
+        (draft,) = con.execute("SELECT draft FROM rating_drafts").fetchone()
+    assert got[0] == (None, "a corrected answer")
+    assert [json.loads(s) for s, _ in got[1:]] == [
+        {"helpfulness": 4, "correctness": 5, "harmlessness": 3}
+    ] * 3
+    assert json.loads(draft)["scores"] == {"helpfulness": 2}
+    assert os.listdir(shots)
