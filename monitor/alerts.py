@@ -49,7 +49,7 @@ def from_store(store: Path) -> list[dict]:
         ).fetchall()
     return [
         {
-            "alert": "EvalkitDrift",
+            "alert": "EvalkitDriftDetected",  # as the Prometheus rule names it
             "model": model,
             "feature": feature,
             "since": started.isoformat(),

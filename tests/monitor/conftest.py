@@ -1,15 +1,23 @@
-"""What the monitor's tests share: free loopback ports, and a real server (uvicorn on a thread)
-over the micro model, always stopped at the end."""
+"""What the monitor's tests share: free loopback ports, a real server (uvicorn on a thread) over
+the micro model, and real programs in the background (`evalkit serve`, Prometheus, Alertmanager,
+a webhook receiver), all on loopback and always stopped at the end."""
 
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 
 import openai
 import pytest
 import uvicorn
+import yaml
 
 from monitor.events import LogConfig
 from monitor.server import ServeConfig, Server, create_app
@@ -54,3 +62,166 @@ def serving(micro_model):
             thread.join(timeout=30)
 
     return serve
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """``daemon(name, command, ready_url)`` runs a program in the background until ``ready_url``
+    answers 200. Every one is stopped at the end of the test and its log printed, which pytest
+    shows when the test fails."""
+    started = []
+
+    def start(name: str, command: list[str], ready_url: str) -> subprocess.Popen:
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        started.append((name, process, log))
+        deadline = time.monotonic() + 120  # a model and a drift reference to load on a busy CPU
+        while not _answers(ready_url):
+            assert process.poll() is None, f"{name} exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{name} not ready:\n{log.read_text()[-3000:]}"
+            time.sleep(0.1)
+        return process
+
+    yield start
+    for name, process, log in reversed(started):
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        print(f"----- {name} (exit {process.returncode}) -----")
+        print(log.read_text(errors="replace")[-6000:])
+
+
+@pytest.fixture
+def evalkit_serve(daemon, micro_model, tmp_path, free_port):
+    """``evalkit_serve(*flags, workspace=None)``: `evalkit serve` on the micro model, named
+    "micro", as a process on a free loopback port over ``workspace`` (default: a new one); its
+    base URL."""
+
+    def start(*flags: str, workspace: Path | None = None) -> str:
+        port = free_port()
+        workspace = workspace or tmp_path / "workspace"
+        command = [sys.executable, "-m", "evalkit.cli", "--workspace", str(workspace)]
+        command += ["serve", "--model", str(micro_model), "--name", "micro", "--port", str(port)]
+        base = f"http://127.0.0.1:{port}"
+        daemon("evalkit-serve", [*command, *flags], f"{base}/healthz")
+        return base
+
+    return start
+
+
+def _written(path: Path, config: dict, check: list[str]) -> Path:
+    """``config`` written as YAML to ``path``, once the program's own ``check`` accepts it."""
+    path.write_text(yaml.safe_dump(config))
+    run = subprocess.run([*check, str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, f"{path.name}: {run.stdout}{run.stderr}"
+    return path
+
+
+def _listening(daemon, free_port, name: str, command: list[str]) -> str:
+    """Start a program of the Prometheus family on a free loopback port, with only warnings in
+    its log; its base URL, once it is ready."""
+    address = f"127.0.0.1:{free_port()}"
+    command = [*command, f"--web.listen-address={address}", "--log.level=warn"]
+    daemon(name, command, f"http://{address}/-/ready")
+    return f"http://{address}"
+
+
+@pytest.fixture
+def prometheus_server(daemon, tmp_path, free_port, require_binary):
+    """``prometheus_server(targets, rule_files=(), alertmanager=None)``: a real Prometheus on a free
+    loopback port that scrapes ``targets`` ("host:port") and evaluates the rules every second,
+    sending alerts to ``alertmanager`` (a base URL); its base URL."""
+    binary = require_binary("prometheus")
+    promtool = require_binary("promtool")  # in the same Debian package
+
+    def start(targets: list[str], rule_files=(), alertmanager: str | None = None) -> str:
+        config = {
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
+            "scrape_configs": [{"job_name": "evalkit", "static_configs": [{"targets": targets}]}],
+            "rule_files": [str(f) for f in rule_files],
+        }
+        if alertmanager:
+            host = alertmanager.removeprefix("http://")
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [host]}]}]}
+        path = _written(tmp_path / "prometheus.yml", config, [promtool, "check", "config"])
+        command = [binary, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"]
+        command += ["--storage.tsdb.retention.time=1h"]
+        return _listening(daemon, free_port, "prometheus", command)
+
+    return start
+
+
+@pytest.fixture
+def alertmanager_server(daemon, tmp_path, free_port, require_binary):
+    """``alertmanager_server(webhook_url)``: a real Alertmanager on a free loopback port, without
+    its cluster port, that sends each alert (its own group) to ``webhook_url`` within a second, and
+    again when it resolves; its base URL."""
+    binary = require_binary("prometheus-alertmanager")
+    amtool = require_binary("amtool")  # in the same Debian package
+
+    def start(webhook_url: str) -> str:
+        config = {
+            "global": {"resolve_timeout": "10s"},
+            "route": {
+                "receiver": "webhook",
+                "group_by": ["..."],
+                "group_wait": "1s",
+                "group_interval": "1s",
+                "repeat_interval": "1h",
+            },
+            "receivers": [
+                {
+                    "name": "webhook",
+                    "webhook_configs": [{"url": webhook_url, "send_resolved": True}],
+                }
+            ],
+        }
+        path = _written(tmp_path / "alertmanager.yml", config, [amtool, "check-config"])
+        command = [binary, f"--config.file={path}", f"--storage.path={tmp_path / 'alertmanager'}"]
+        return _listening(
+            daemon, free_port, "alertmanager", [*command, "--cluster.listen-address="]
+        )
+
+    return start
+
+
+@pytest.fixture
+def webhook():
+    """A webhook receiver on a free loopback port: ``.url``, and ``.received``, the JSON bodies
+    POSTed to it, in order."""
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):  # quiet: the test prints what it needs
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}/", received=received)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

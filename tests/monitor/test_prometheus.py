@@ -5,8 +5,6 @@ query runs through Prometheus's HTTP API and must return data."""
 import json
 import math
 import re
-import shutil
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -82,63 +80,9 @@ def served(serving, tmp_path_factory):
 
 
 @pytest.fixture
-def prometheus(served, tmp_path, require_binary, free_port):
+def prometheus(served, prometheus_server):
     """A real Prometheus scraping the server every second; its base URL."""
-    binary = require_binary("prometheus")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  scrape_timeout: 1s\n"
-        "  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: evalkit\n"
-        "    metrics_path: /metrics\n"
-        "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{served.port}']\n"
-    )
-    promtool = shutil.which("promtool")  # in Debian's prometheus package
-    if promtool:
-        check = subprocess.run(
-            [promtool, "check", "config", str(config)], capture_output=True, text=True
-        )
-        assert check.returncode == 0, check.stdout + check.stderr
-    port = free_port()
-    log = tmp_path / "prometheus.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--storage.tsdb.retention.time=1h",
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, f"prometheus exited:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"prometheus not ready:\n{log.read_text()[-3000:]}"
-            time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    return prometheus_server([f"127.0.0.1:{served.port}"])
 
 
 def _wait_for(condition, what: str, timeout: float = 20):
