@@ -18,19 +18,30 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: venv
 	$(BIN)/evalkit demo
 
-test: venv
+# Evidently, the drift statistics' reference and the drift benchmark's peer, pins its own
+# dependencies: it gets its own environment (the tests compare our values with its own).
+# 0.7.23 does not import under pandas 3.
+EVIDENTLY := benchmarks/.venv-evidently
+$(EVIDENTLY)/.installed:
+	test -x $(EVIDENTLY)/bin/python || $(PYTHON) -m venv $(EVIDENTLY)
+	$(EVIDENTLY)/bin/pip install --quiet --disable-pip-version-check \
+	  "evidently==0.7.23" "pandas<3" pyarrow
+	touch $@
+
+test: venv $(EVIDENTLY)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@# pytest exits 5 when it collects no test: a suite that runs nothing is broken, not green.
 	$(BIN)/pytest $(PYTEST_ARGS) || { rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc; }
 
-# Benchmarks against the peers (TRL, ...): see benchmarks/RESULTS.md.
-bench: venv
+# Every comparison with a peer (lm-eval, TRL, transformers serve, Evidently, krippendorff and
+# choix, sacrebleu), then their summary table in benchmarks/RESULTS.md (benchmarks/summary.py).
+# `make bench QUICK=1` runs each at reduced sizes: a check that they run, not figures to quote.
+bench: venv $(EVIDENTLY)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python benchmarks/bench_prepare.py
-	$(BIN)/python benchmarks/bench_train.py
-	$(BIN)/python benchmarks/bench_rating.py
+	QUICK=$(QUICK) $(BIN)/python benchmarks/summary.py
 
 lint: venv
 	$(BIN)/ruff check .
