@@ -401,6 +401,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         allow_template_mismatch=args.allow_template_mismatch,
         max_batch=args.max_batch,
         max_waiting=args.max_waiting,
+        workers=args.workers,
         log=LogConfig(max_events=args.flush_events, max_age_s=args.flush_seconds, wal=args.wal),
     )
     workspace = open_workspace(args.workspace)
@@ -655,10 +656,11 @@ def _add_lineage_parser(commands) -> None:
     lineage.set_defaults(func=_cmd_lineage)
 
 
-def _cmd_demo(args: argparse.Namespace) -> None:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from evalkit.demo import run_demo
 
-    run_demo(args.workspace, size=args.size)
+    summary = run_demo(args.workspace, quick=args.quick)
+    return 0 if all(summary.claims.values()) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -745,10 +747,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lineage_parser(commands)
     demo = commands.add_parser(
         "demo",
-        help="run the main job on the embedded default",
-        description="Load the embedded corpora, build the base model and report its perplexity.",
+        help="run the closed loop on the embedded default, end to end",
+        description="Fine-tune v1 on the support domain, evaluate and gate it, serve it with "
+        "the drift monitor, replay traffic with a drift episode, have a simulated annotator "
+        "rate and correct the drifted and low-rated exchanges, fine-tune v2 on that feedback, "
+        "evaluate and gate it, and print a summary of what changed. Exit 1 when a claim of "
+        "the summary does not hold.",
     )
-    demo.add_argument("--size", default="default", help="base model size: default or micro")
+    demo.add_argument(
+        "--quick", action="store_true", help="the same loop on the micro model, in about a minute"
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -1102,6 +1110,9 @@ def _add_monitor_parsers(commands) -> None:
     )
     serve.add_argument(
         "--wal", action="store_true", help="fsync each event first: a crash loses none"
+    )
+    serve.add_argument(
+        "--workers", type=_positive, default=1, help="processes, each with the model (1)"
     )
     _drift_options(serve, prefix="drift-")
     serve.add_argument(

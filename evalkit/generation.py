@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from evalkit.distributed import Shard
 from evalkit.errors import EvalkitError
 from evalkit.store import open_store, transaction
 
@@ -85,7 +86,8 @@ class Generation:
     finish_reason: str  # "stop" (end of turn or a stop sequence) or "length"
     # the mean negative log-likelihood of the generated tokens under the model itself (before
     # temperature and the processors): a cheap confidence signal the drift job watches
-    nll: float | None = None
+    # (not part of equality: it differs in the last bits with the batch, the text does not)
+    nll: float | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -425,6 +427,7 @@ def generate(
     cache: CacheContext | None = None,
     progress: bool = False,
     on_token=None,
+    shard: Shard | None = None,
 ) -> list[Generation]:
     """The model's next assistant turn for each conversation, in order.
 
@@ -434,6 +437,10 @@ def generate(
     written at once, so an interrupted run loses at most one batch. ``on_token(index, tokens)``
     is told each conversation's generated tokens so far as they come (responses read from the
     cache are not).
+
+    With ``shard`` (processes launched by torchrun) the batches are dealt out in rounds, one to
+    each process, and every process gets every response; rank 0 alone reads and writes the
+    cache, after each round. The batches are the ones a single process makes.
     """
     from tqdm.auto import tqdm
 
@@ -443,6 +450,8 @@ def generate(
             "generation needs a chat template, and the model's tokenizer has none",
             hint="set tokenizer.chat_template and save the model again",
         )
+    shard = shard or Shard()
+    cache = cache if shard.writes else None
     conversations = [list(c) for c in conversations]
     keys = [cache_key(cache, c, config) if cache else "" for c in conversations]
     results: list[Generation | None] = [None] * len(conversations)
@@ -450,20 +459,28 @@ def generate(
         for i, found in _cache_lookup(cache, keys).items():
             results[i] = found
         cache.hits += sum(r is not None for r in results)
+    results = shard.broadcast(results)
     todo = [i for i, r in enumerate(results) if r is None]
     rendered = dict(zip(todo, render(model, tokenizer, [conversations[i] for i in todo], config)))
     todo.sort(key=lambda i: len(rendered[i]))  # similar lengths share a batch: little padding
     batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
-    for batch in tqdm(batches, desc="generate", disable=not progress or None):
+    rounds = [batches[s : s + shard.world] for s in range(0, len(batches), shard.world)]
+    for dealt in tqdm(rounds, desc="generate", disable=not progress or None):
+        batch = dealt[shard.rank] if shard.rank < len(dealt) else []
         seeds = [prompt_seed(conversations[i], config) for i in batch]
         row_token = None if on_token is None else (lambda row, ids, b=batch: on_token(b[row], ids))
-        out = _generate_batch(
-            model, tokenizer, [rendered[i] for i in batch], config, seeds, row_token
+        out = (
+            _generate_batch(
+                model, tokenizer, [rendered[i] for i in batch], config, seeds, row_token
+            )
+            if batch
+            else []
         )
-        for i, generation in zip(batch, out):
+        made = [pair for part in shard.all_gather(list(zip(batch, out))) for pair in part]
+        for i, generation in made:
             results[i] = generation
         if cache:
-            _cache_store(cache, config, [(keys[i], results[i]) for i in batch])
+            _cache_store(cache, config, [(keys[i], results[i]) for i, _ in made])
     return results  # type: ignore[return-value]
 
 

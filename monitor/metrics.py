@@ -2,15 +2,19 @@
 base units, ``_total`` counters), so quality and drift gauges sit beside a vLLM deployment's.
 
 Built in a function on a registry the caller owns: nothing is registered at import time, and
-two servers (or tests) in one process never share counters. Labels are bounded: the model's
-name, a status code, a finish reason, a feedback kind; never a user, prompt or response id.
+two servers (or tests) in one process never share counters. With several worker processes
+(``evalkit serve --workers N``) prometheus-client's multiprocess mode adds up the workers'
+values (:func:`exposition`); each gauge says how (``multiprocess_mode``). Labels are bounded:
+the model's name, a status code, a finish reason, a feedback kind; never a user, prompt or
+response id.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "evalkit"
 # Seconds: from a cached or tiny model's milliseconds to a long generation's minute.
@@ -33,7 +37,7 @@ class ServerMetrics:
     feedback: Counter
     events_ingested: Counter
     events_lost: Counter
-    model_info: Info
+    model_info: Gauge  # 1, labelled with the version and template (multiprocess has no Info)
     template_mismatch: Gauge
 
 
@@ -51,8 +55,10 @@ def server_metrics(registry: CollectorRegistry) -> ServerMetrics:
     def counter(metric: str, doc: str, labels: tuple = ()) -> Counter:
         return Counter(f"{PREFIX}_{metric}", doc, name + labels, registry=registry)
 
-    def gauge(metric: str, doc: str) -> Gauge:
-        return Gauge(f"{PREFIX}_{metric}", doc, name, registry=registry)
+    def gauge(metric: str, doc: str, mode: str = "livesum", labels: tuple = ()) -> Gauge:
+        return Gauge(
+            f"{PREFIX}_{metric}", doc, name + labels, registry=registry, multiprocess_mode=mode
+        )
 
     return ServerMetrics(
         requests=counter(
@@ -83,10 +89,13 @@ def server_metrics(registry: CollectorRegistry) -> ServerMetrics:
         feedback=counter("feedback", "User feedback received, by kind.", ("kind",)),
         events_ingested=counter("events_ingested", "Events written to the event log."),
         events_lost=counter("events_lost", "Events the log could not write."),
-        model_info=Info(f"{PREFIX}_model", "The served model.", registry=registry),
+        model_info=gauge(
+            "model_info", "The served model.", "max", ("version", "chat_template_fingerprint")
+        ),
         template_mismatch=gauge(
             "chat_template_mismatch",
             "1 when the served chat template differs from the one training or the gate recorded.",
+            "max",
         ),
     )
 
@@ -118,7 +127,9 @@ def drift_metrics(registry: CollectorRegistry) -> DriftMetrics:
     by_feature = ("model_name", "feature")
 
     def gauge(metric: str, doc: str, labels=by_feature) -> Gauge:
-        return Gauge(f"{PREFIX}_drift_{metric}", doc, labels, registry=registry)
+        return Gauge(
+            f"{PREFIX}_drift_{metric}", doc, labels, registry=registry, multiprocess_mode="max"
+        )
 
     return DriftMetrics(
         statistic=gauge("statistic", "The last window's effect size (PSI, JS distance, MMD²)."),
@@ -130,3 +141,15 @@ def drift_metrics(registry: CollectorRegistry) -> DriftMetrics:
             "last_run_timestamp_seconds", "When the drift job last judged.", ("model_name",)
         ),
     )
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """``/metrics``: the registry's, or with several workers (PROMETHEUS_MULTIPROC_DIR set)
+    every live worker's values, added up as each metric says."""
+    from prometheus_client import generate_latest, multiprocess
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(registry)
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)
+    return generate_latest(merged)

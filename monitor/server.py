@@ -18,9 +18,11 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
+import tempfile
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,6 +52,7 @@ class ServeConfig:
     max_messages: int = 256
     max_tokens: int = 1024  # the most tokens a request may ask to generate
     timeout_s: float = 120.0  # a request not answered by then ends with 504
+    workers: int = 1  # processes, each with the model loaded; metrics add up across them
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
@@ -160,13 +163,9 @@ class Server:
             )
         self.registry = registry or CollectorRegistry()
         self.metrics = server_metrics(self.registry)
-        self.metrics.model_info.info(
-            {
-                "model_name": self.name,
-                "version": self.identity["model_hash"],
-                "chat_template_fingerprint": self.identity["chat_template_fingerprint"],
-            }
-        )
+        self.metrics.model_info.labels(
+            self.name, self.identity["model_hash"], self.identity["chat_template_fingerprint"]
+        ).set(1)
         self.metrics.template_mismatch.labels(self.name).set(1 if self.mismatch else 0)
         self.metrics.feedback.labels(self.name, "thumbs_up")  # every series from the start
         self.metrics.events_ingested.labels(self.name)
@@ -207,13 +206,19 @@ def create_app(server: Server):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
     from starlette.exceptions import HTTPException
+
+    from monitor.metrics import exposition
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         server.close()  # uvicorn's graceful shutdown (SIGTERM, SIGINT) flushes the log
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # its live gauges leave the sums
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
 
     app = FastAPI(title="evalkit serve", lifespan=lifespan)
     name = server.name
@@ -304,7 +309,7 @@ def create_app(server: Server):
     async def metrics():
         server.metrics.waiting.labels(name).set(server.engine.waiting)
         server.metrics.running.labels(name).set(server.engine.running)
-        return Response(generate_latest(server.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(server.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models():
@@ -637,8 +642,41 @@ def serve(
 ) -> None:
     """Load the model and serve it until SIGTERM or SIGINT (which flush the event log);
     ``store`` holds the gate reports its chat template is checked against, and the drift
-    results of ``drift``'s job."""
+    results of ``drift``'s job. With ``config.workers`` > 1, uvicorn starts that many
+    processes (each loads the model and writes its own log files) and ``/metrics`` adds up
+    their values through prometheus-client's multiprocess mode."""
     import uvicorn
 
-    server = Server(config, events_dir, store, drift=drift)
-    uvicorn.run(create_app(server), host=config.host, port=config.port, log_level="warning")
+    if config.workers == 1:
+        server = Server(config, events_dir, store, drift=drift)
+        uvicorn.run(create_app(server), host=config.host, port=config.port, log_level="warning")
+        return
+    if drift is not None:
+        raise EvalkitError(
+            "the drift job runs in a single server process",
+            hint="serve with --workers 1, or run `evalkit monitor drift --every 1m "
+            "--metrics-port PORT` beside the workers",
+        )
+    with tempfile.TemporaryDirectory(prefix="evalkit-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        settings = asdict(config) | {"events_dir": str(events_dir)}
+        os.environ[WORKER_SETTINGS] = json.dumps(settings | {"store": str(store or "")})
+        uvicorn.run(
+            f"{__name__}:worker_app",
+            factory=True,
+            workers=config.workers,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+        )
+
+
+WORKER_SETTINGS = "EVALKIT_SERVE_WORKER"
+
+
+def worker_app():
+    """The app of one worker process of :func:`serve` (uvicorn calls it in each)."""
+    settings = json.loads(os.environ[WORKER_SETTINGS])
+    events_dir, store = Path(settings.pop("events_dir")), settings.pop("store")
+    config = ServeConfig(**(settings | {"log": LogConfig(**settings["log"])}))
+    return create_app(Server(config, events_dir, Path(store) if store else None))

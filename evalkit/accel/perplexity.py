@@ -87,7 +87,11 @@ def fast_batches(model, rows, *, prepare, plain, budget, progress=False, autocas
         run = functools.partial(score, split=split)
         with tqdm(total=len(batches), desc="perplexity", disable=not progress or None) as bar:
             scored = pool.map(run, batches) if pool else map(run, batches)
-            return [bar.update() or result for result in scored]
+            results = []
+            for result in scored:  # (tqdm's update returns True when it redraws)
+                results.append(result)
+                bar.update()
+            return results
 
 
 def token_batches(rows: list, budget: int, workers: int = 1) -> list[list]:

@@ -1,0 +1,73 @@
+"""`evalkit serve --workers 2`: two processes answer, and /metrics adds up their counters
+(prometheus-client's multiprocess mode) whichever worker answers the scrape."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import openai
+
+REQUESTS = 16
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    """The sum of a metric's samples with these labels in an exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_two_workers_answer_and_their_metrics_add_up(
+    micro_model, tmp_path, free_port, require_binary
+):
+    promtool = require_binary("promtool")
+    port = free_port()
+    command = [sys.executable, "-m", "evalkit.cli", "--workspace", str(tmp_path), "serve"]
+    command += ["--model", str(micro_model), "--name", "micro", "--port", str(port)]
+    command += ["--workers", "2", "--flush-seconds", "0.2"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/readyz", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+                time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        for i in range(REQUESTS):  # new connections: the kernel spreads them over the workers
+            client.with_options(http_client=None).chat.completions.create(
+                model="micro",
+                messages=[{"role": "user", "content": f"Question {i}?"}],
+                max_tokens=4,
+                temperature=1.0,
+                seed=i,
+            )
+            client.close()
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        for _ in range(6):  # each scrape may land on either worker: all see the same sums
+            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            assert _metric(text, "evalkit_requests_total", status="200") == REQUESTS
+            assert _metric(text, "evalkit_e2e_request_latency_seconds_count") == REQUESTS
+            assert _metric(text, "evalkit_model_info", model_name="micro") == 1
+        checked = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    writers = {p.name.split("-")[1] for p in tmp_path.glob("events/date=*/*.parquet")}
+    assert len(writers) == 2  # both processes answered and logged (file names carry the pid)
