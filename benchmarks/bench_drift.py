@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from summary import emit, size
 
 from monitor.drift import statistics as st
 
@@ -77,8 +78,12 @@ def evidently(folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000, help="rows in each frame")
-    parser.add_argument("--pairs", type=int, default=5, help="Evidently/ours pairs of runs")
+    parser.add_argument(
+        "--rows", type=int, default=size(200_000, 20_000), help="rows in each frame"
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=size(5, 2), help="Evidently/ours pairs of runs"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not EVIDENTLY.exists():
@@ -107,16 +112,29 @@ def main() -> None:
 
     print("| column | Evidently's statistic | Evidently | ours, same statistic | ours, also |")
     print("|---|---|---|---|---|")
+    same = []
     for column in NUMERIC + CATEGORICAL:
         method, value = theirs["values"][column]
         d = results[column]
         if column in NUMERIC:
-            same = f"{d.wasserstein:.10f}"
+            same.append(f"{d.wasserstein:.10f}")
             also = f"PSI {d.psi:.4f}, KS {d.ks:.4f} (p {d.ks_p:.3g})"
         else:
-            same = f"{d.jensen_shannon * math.sqrt(math.log(2)):.10f}"
+            same.append(f"{d.jensen_shannon * math.sqrt(math.log(2)):.10f}")
             also = f"JS base 2 {d.jensen_shannon:.4f}, PSI {d.psi:.4f}, chi2 p {d.chi2_p:.3g}"
-        print(f"| {column} | {method} | {value:.10f} | {same} | {also} |")
+        print(f"| {column} | {method} | {value:.10f} | {same[-1]} | {also} |")
+    emit(
+        "drift",
+        f"{args.rows:,} + {args.rows:,} rows, 4 columns",
+        f"{ours_median:.3f} s",
+        "Evidently DataDriftPreset",
+        f"{theirs_median:.3f} s",
+        theirs_median / ours_median,
+        all(
+            abs(float(s) - theirs["values"][c][1]) <= 1e-6
+            for s, c in zip(same, NUMERIC + CATEGORICAL)
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from string import Template
 
+from summary import emit, size
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -119,13 +121,21 @@ def main() -> None:
         default=os.environ.get("EVALKIT_WORKSPACE") or Path.home() / ".cache" / "evalkit-bench",
         help="where the base model is built once and cached (default: ~/.cache/evalkit-bench)",
     )
-    parser.add_argument("--size", default="default", choices=["default", "micro"])
-    parser.add_argument("--texts", type=int, default=2000, help="chit-chat exchanges to score")
+    parser.add_argument("--size", default=size("default", "micro"), choices=["default", "micro"])
+    parser.add_argument(
+        "--texts", type=int, default=size(2000, 200), help="chit-chat exchanges to score"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="evalkit's (its default)")
     parser.add_argument("--threads", type=int, help="torch threads of both, in and out of process")
-    parser.add_argument("--lm-eval-batch-sizes", default="1,2,4,8,16", help="lm-eval's to try")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each; the fastest counts")
-    parser.add_argument("--pairs", type=int, default=7, help="back-to-back evalkit/lm-eval pairs")
+    parser.add_argument(
+        "--lm-eval-batch-sizes", default=size("1,2,4,8,16", "16"), help="lm-eval's to try"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=size(2, 1), help="runs of each; the fastest counts"
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=size(7, 1), help="back-to-back evalkit/lm-eval pairs"
+    )
     args = parser.parse_args()
 
     import lm_eval.evaluator
@@ -213,6 +223,15 @@ def main() -> None:
     print(f"{'python -m evalkit.perplexity':<36}{ours_wall:>9.2f}")
     print(f"{f'lm_eval CLI, batch {best}':<36}{theirs_wall:>9.2f}")
     print(f"wall-time ratio lm-eval / evalkit: {theirs_wall / ours_wall:.2f}x")
+    emit(
+        "perplexity",
+        "tokens/s in process, loading included",
+        f"{tokens / ours_s:,.0f} tokens/s",
+        f"lm-eval simple_evaluate (batch {best})",
+        f"{tokens / theirs_s:,.0f} tokens/s",
+        theirs_s / ours_s,
+        rel <= 1e-4,
+    )
     if rel > 1e-4 or abs(sub_ppl - ours_ppl) / ours_ppl > 1e-6:
         raise SystemExit("the word perplexities differ: the comparison is void")
 

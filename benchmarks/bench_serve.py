@@ -21,6 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from summary import emit, size
+
 from evalkit.workspace import open_workspace
 from finetune.base_model import build_base_model
 from finetune.data.corpora import load_support_faq
@@ -110,12 +112,16 @@ def offline_ceiling(model_dir: Path, prompts: list[list[dict]]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", default=str(Path.home() / ".cache" / "evalkit-bench"))
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--peer-modes", default="plain,continuous", help="transformers serve modes")
+    parser.add_argument("--requests", type=int, default=size(64, 16))
+    parser.add_argument("--clients", default=size("1,8,32", "1,8"))
+    parser.add_argument(
+        "--peer-modes",
+        default=size("plain,continuous", "continuous"),
+        help="transformers serve modes",
+    )
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
-    model_dir = build_base_model(open_workspace(args.workspace), "default")
+    model_dir = build_base_model(open_workspace(args.workspace), size("default", "micro"))
     faq = load_support_faq()
     prompts = [r["messages"][:-1] for r in faq[-args.requests :]]  # questions, answers held out
 
@@ -163,6 +169,10 @@ def main() -> None:
         if peers:
             best = max(peers, key=peers.get)
             print(f"{n} clients: evalkit / {best}: {ours / peers[best]:.2f}x")
+            if n == max(clients):
+                ratio = ours / peers[best]
+                theirs = f"{peers[best]:,.0f} tokens/s"
+                emit("serve", f"{n} clients", f"{ours:,.0f} tokens/s", best, theirs, ratio, None)
     share = results["evalkit serve", top]["tokens_per_s"] / ceiling
     print(f"{top} clients: evalkit serve at {share:.0%} of the offline ceiling")
 

@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as the CLI runs training
+
 import torch
+from summary import emit, size
 
 LR, BATCH, MAX_LENGTH, WARMUP, SEED = 1e-3, 8, 256, 10, 0
 
@@ -139,7 +141,7 @@ def main() -> None:
     parser.add_argument("--data", help="dataset directory (default: chit-chat within 256 tokens)")
     parser.add_argument(
         "--trl-modes",
-        default=",".join(TRL_MODES),
+        default=size(",".join(TRL_MODES), "fp32"),
         help=f"TRL configurations to run, comma-separated, of: {', '.join(TRL_MODES)}",
     )
     args = parser.parse_args()
@@ -154,10 +156,14 @@ def main() -> None:
     from finetune.train import _read_split
 
     ws = open_workspace()
-    base = args.base or str(build_base_model(ws, "default"))
-    data = Path(args.data) if args.data else ws.datasets_dir / "bench-chitchat-256"
+    base = args.base or str(build_base_model(ws, size("default", "micro")))
+    data = (
+        Path(args.data)
+        if args.data
+        else ws.datasets_dir / size("bench-chitchat-256", "bench-quick")
+    )
     if not args.data and not (data / "manifest.json").exists():
-        write_jsonl(load_chitchat(), ws.datasets_dir / "raw" / "chitchat.jsonl")
+        write_jsonl(load_chitchat()[: size(None, 300)], ws.datasets_dir / "raw" / "chitchat.jsonl")
         prepare(
             [ws.datasets_dir / "raw" / "chitchat.jsonl"],
             data,
@@ -191,6 +197,15 @@ def main() -> None:
     print(
         f"throughput ratio evalkit / TRL at its fastest, {best[0]}: {ours / best[1]:.2f}x; "
         f"validation loss difference: {rows[0][2] - best[2]:+.4f}"
+    )
+    emit(
+        "train",
+        "training tokens/s, one epoch",
+        f"{ours:,.0f} tokens/s",
+        best[0],
+        f"{best[1]:,.0f} tokens/s",
+        ours / best[1],
+        f"validation loss {rows[0][2]:.4f} vs {best[2]:.4f}",
     )
 
 

@@ -34,8 +34,12 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from evalkit.distributed import Shard
 
 DEFAULT_CONTEXT = 2048  # lm-eval's fallback when neither the config nor the tokenizer says
 
@@ -46,6 +50,16 @@ class ExampleNLL:
     tokens: int
     words: int
     bytes: int
+
+
+def word_count(text: str) -> int:
+    """Words as lm-eval counts them for word perplexity (its ``count_words``)."""
+    return len(re.split(r"\s+", text))
+
+
+def byte_count(text: str) -> int:
+    """UTF-8 bytes, as lm-eval counts them for byte perplexity and bits per byte."""
+    return len(text.encode("utf-8"))
 
 
 def token_perplexity(nll: Sequence[float], tokens: Sequence[int]) -> float:
@@ -155,6 +169,7 @@ def sequence_nll(
     target_masks: Sequence[Sequence[bool]] | None = None,
     autocast_dtype=None,
     fast: bool | None = None,
+    shard: Shard | None = None,
 ) -> list[tuple[float, int]]:
     """Summed NLL and scored-token count for each token sequence (its prefix token included).
 
@@ -166,7 +181,9 @@ def sequence_nll(
     Runs on the model's device, ``batch_size`` windows at a time; ``autocast_dtype`` (e.g.
     ``torch.bfloat16`` on CUDA) runs the model under autocast, the log-probabilities are always
     taken in float32. ``fast`` (default: on, see :mod:`evalkit.accel`) takes the fast path,
-    which gives these numbers within rounding.
+    which gives these numbers within rounding. With ``shard`` (processes launched by torchrun)
+    each process scores its share of the windows and every process gets every sequence's sums,
+    added in the same order as one process adds them.
     """
     from tqdm.auto import tqdm
 
@@ -186,6 +203,8 @@ def sequence_nll(
     arrays = [np.asarray(seq, dtype=np.int64) for seq in sequences]
     masks = None if target_masks is None else [np.asarray(m, dtype=bool) for m in target_masks]
     rows = window_rows(arrays, masks, max_length, stride)
+    if shard is not None:
+        rows = shard.mine(rows)
     if accel.enabled(fast):
         from evalkit.accel.perplexity import fast_batches
 
@@ -204,11 +223,21 @@ def sequence_nll(
             batch = rows[start : start + batch_size]
             ids, labels, owners = batch_arrays(batch, arrays, masks)
             scored.append((owners, batch_nll(model, ids, labels, autocast_dtype), labels))
+    # One entry per window, in window order: the same sums every run, however many processes.
+    owners = np.concatenate([np.empty(0, np.int64), *(o for o, _, _ in scored)])
+    window_nll = np.concatenate([np.empty(0), *(n.cpu().numpy() for _, n, _ in scored)])
+    scored_tokens = np.concatenate(
+        [np.empty(0, np.int64), *((labels != -100).sum(1) for *_, labels in scored)]
+    )
+    if shard is not None:
+        windows = shard.gather(list(zip(owners.tolist(), window_nll.tolist(), scored_tokens)))
+        owners = np.array([w[0] for w in windows], dtype=np.int64)
+        window_nll = np.array([w[1] for w in windows], dtype=np.float64)
+        scored_tokens = np.array([w[2] for w in windows], dtype=np.int64)
     totals = np.zeros(len(arrays), dtype=np.float64)
     counts = np.zeros(len(arrays), dtype=np.int64)
-    for owners, row_nll, labels in scored:  # in batch order: the same sums every run
-        np.add.at(totals, owners, row_nll.cpu().numpy())
-        np.add.at(counts, owners, (labels != -100).sum(axis=1))
+    np.add.at(totals, owners, window_nll)
+    np.add.at(counts, owners, scored_tokens)
     return [(float(nll), int(count)) for nll, count in zip(totals, counts)]
 
 
@@ -294,8 +323,10 @@ def text_nll(
     progress: bool = False,
     autocast_dtype=None,
     fast: bool | None = None,
+    shard: Shard | None = None,
 ) -> list[ExampleNLL]:
-    """Per-text NLL, token, word and byte counts, ready for the aggregates above."""
+    """Per-text NLL, token, word and byte counts, ready for the aggregates above (``shard``:
+    as :func:`sequence_nll`)."""
     scores = sequence_nll(
         model,
         encode_texts(tokenizer, texts),
@@ -305,9 +336,10 @@ def text_nll(
         progress=progress,
         autocast_dtype=autocast_dtype,
         fast=fast,
+        shard=shard,
     )
     return [
-        ExampleNLL(nll, count, len(re.split(r"\s+", text)), len(text.encode("utf-8")))
+        ExampleNLL(nll, count, word_count(text), byte_count(text))
         for text, (nll, count) in zip(texts, scores)
     ]
 

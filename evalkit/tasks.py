@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from evalkit.chat import assistant_masks
+from evalkit.distributed import Shard
 from evalkit.errors import EvalkitError, unknown_name
 from evalkit.metrics import (
     DEGENERATION_FLAGS,
@@ -61,6 +61,8 @@ class RunContext:
     batch_size: int
     cache: Any  # evalkit.generation.CacheContext
     seed: int  # the suite's
+    progress: bool = False  # a bar per task where stderr is a terminal (tqdm decides)
+    shard: Shard = field(default_factory=Shard)  # the processes of a torchrun launch
 
 
 def _conversation_parts(example: Example) -> tuple[list[dict], str | None]:
@@ -74,7 +76,14 @@ def _conversation_parts(example: Example) -> tuple[list[dict], str | None]:
 def run_perplexity(ctx: RunContext, task, examples: list[Example]) -> list[ExampleResult]:
     """Per-example NLL: of the text, or of a conversation's assistant turns given their context
     (masked as in training; ``scope = "all"`` scores every token)."""
-    from evalkit.perplexity import ExampleNLL, context_length, sequence_nll, text_nll
+    from evalkit.perplexity import (
+        ExampleNLL,
+        byte_count,
+        context_length,
+        sequence_nll,
+        text_nll,
+        word_count,
+    )
 
     model, tokenizer, batch_size = ctx.model, ctx.tokenizer, ctx.batch_size
     context = context_length(model, tokenizer)
@@ -96,13 +105,16 @@ def run_perplexity(ctx: RunContext, task, examples: list[Example]) -> list[Examp
             max_length=max_length,
             stride=stride,
             batch_size=batch_size,
+            progress=ctx.progress,
+            shard=ctx.shard,
         )
         scored.update({e.id: (n, e.text) for e, n in zip(texts, nlls)})
     if convs:
         _require_template(tokenizer)
         conversations = [e.messages for e in convs]
         ids = tokenizer.apply_chat_template(conversations, return_dict=True)["input_ids"]
-        if task.params.get("scope", "assistant") == "all":
+        every_token = task.params.get("scope", "assistant") == "all"
+        if every_token:
             masks = [[True] * len(i) for i in ids]
         else:
             masks = [[bool(m) for m in mask] for mask in assistant_masks(tokenizer, conversations)]
@@ -112,12 +124,19 @@ def run_perplexity(ctx: RunContext, task, examples: list[Example]) -> list[Examp
             max_length=max_length,
             stride=stride,
             batch_size=batch_size,
+            progress=ctx.progress,
+            shard=ctx.shard,
             target_masks=masks,
         )
-        for e, tokens, mask, (nll, count) in zip(convs, ids, masks, scores):
-            target = tokenizer.decode([t for t, m in zip(tokens[1:], mask[1:]) if m])
-            words = len(re.split(r"\s+", target))
-            scored[e.id] = (ExampleNLL(nll, count, words, len(target.encode("utf-8"))), target)
+        for e, tokens, (nll, count) in zip(convs, ids, scores):
+            # Words and bytes of what is scored: the whole rendering, or the replies' content
+            # (the template's text around a reply is not the assistant's words).
+            if every_token:
+                texts = [tokenizer.decode(tokens[1:])]
+            else:
+                texts = [m["content"] for m in e.messages if m["role"] == "assistant"]
+            words, nbytes = sum(map(word_count, texts)), sum(map(byte_count, texts))
+            scored[e.id] = (ExampleNLL(nll, count, words, nbytes), "\n".join(texts))
     results = []
     for e in examples:
         n, target = scored[e.id]
@@ -171,7 +190,16 @@ def run_generation(ctx: RunContext, task, examples: list[Example]) -> list[Examp
             hint='give the dataset at least two examples, or set metrics = ["length"]',
         )
     config = decoding_config(task.params)
-    outputs = generate(model, tokenizer, list(prompts), config, batch_size=batch_size, cache=cache)
+    outputs = generate(
+        model,
+        tokenizer,
+        list(prompts),
+        config,
+        batch_size=batch_size,
+        cache=cache,
+        progress=ctx.progress,
+        shard=ctx.shard,
+    )
     hyps = [o.text for o in outputs]
     scores = score_generations(
         hyps, [o.finish_reason for o in outputs], list(references), wanted, ctx.seed
@@ -234,7 +262,13 @@ def run_bias(ctx: RunContext, task, examples: list[Example]) -> list[ExampleResu
         if not probes.pairs:
             raise EvalkitError(f"task {task.name}: {probes.name} holds no sentence pairs")
         return likelihood_probe(
-            model, tokenizer, probes.pairs, batch_size=batch_size, task=task.name
+            model,
+            tokenizer,
+            probes.pairs,
+            batch_size=batch_size,
+            task=task.name,
+            progress=ctx.progress,
+            shard=ctx.shard,
         )
     if kind == "generation":
         from evalkit.generation import decoding_config, generate
@@ -245,7 +279,14 @@ def run_bias(ctx: RunContext, task, examples: list[Example]) -> list[ExampleResu
 
         def respond(prompts: list[list[dict]]) -> list[str]:
             outputs = generate(
-                model, tokenizer, prompts, config, batch_size=batch_size, cache=cache
+                model,
+                tokenizer,
+                prompts,
+                config,
+                batch_size=batch_size,
+                cache=cache,
+                progress=ctx.progress,
+                shard=ctx.shard,
             )
             return [o.text for o in outputs]
 

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from evalkit.distributed import start
 from evalkit.errors import EvalkitError, check_keys
 from evalkit.provenance import LINEAGE_FILE
 from evalkit.workspace import atomic_dir
@@ -31,8 +32,19 @@ from evalkit.workspace import atomic_dir
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "linear", "constant")
+# Past this share of the training conversations left out, the terminal line is a bold warning.
+LEFT_OUT_WARNING = 0.10
 # What a failed checkpoint or model write says: the run goes on from its last checkpoint.
 RESUME_HINT = "free disk space; the previous checkpoint is intact, resume with --resume"
+
+KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def _fits(value, kind: type) -> bool:
+    """Whether a config value is of its field's type (a whole number is a number, a bool not)."""
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
 
 
 @dataclass
@@ -47,6 +59,8 @@ class TrainConfig:
     packing: bool = True
     max_length: int | None = None  # None: the model's context length
     truncate: bool = False  # cut conversations over max_length instead of leaving them out
+    # train on split files that differ from the manifest's hashes (named in the lineage)
+    allow_modified: bool = False
     # how
     lora: bool = False
     lora_r: int = 8
@@ -72,6 +86,38 @@ class TrainConfig:
     fast: bool | None = None  # speedups (evalkit.accel); None: on unless EVALKIT_FAST=0
 
     def __post_init__(self) -> None:
+        types = option_types()
+        for f in fields(self):
+            value, kind = getattr(self, f.name), types[f.name]
+            if value is None and f.default is None:
+                continue  # unset: the default's meaning (see the field's comment)
+            if not _fits(value, kind):
+                example = (
+                    f"e.g. {f.name} = {json.dumps(f.default)}" if f.default is not None else ""
+                )
+                raise EvalkitError(f"{f.name} {value!r}: expected {KIND_NAMES[kind]}", hint=example)
+        limits = {  # (lowest, whether the lowest itself is allowed, a bound to stay below)
+            "learning_rate": (0, True, None),  # 0 trains nothing, as torch allows: a baseline
+            "epochs": (0, False, None),
+            "lora_alpha": (0, False, None),
+            "lora_r": (1, True, None),
+            "max_length": (1, True, None),
+            "warmup_steps": (0, True, None),
+            "weight_decay": (0, True, None),
+            "freeze_layers": (0, True, None),
+            "lora_dropout": (0, True, 1),
+            "dropout": (0, True, 1),
+        }
+        for name, (low, inclusive, high) in limits.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            above = value >= low if inclusive else value > low
+            if not (above and math.isfinite(value) and (high is None or value < high)):
+                bound = f"at least {low}" if inclusive else f"above {low}"
+                raise EvalkitError(
+                    f"{name} {value!r}: must be {bound}" + (f" and below {high}" if high else "")
+                )
         if self.schedule not in SCHEDULES:
             raise EvalkitError(f"unknown schedule {self.schedule!r}: use {', '.join(SCHEDULES)}")
         for name in ("batch_size", "grad_accum", "eval_every", "save_every", "log_every"):
@@ -118,22 +164,59 @@ class TrainResult:
 
     run: Path
     summary: dict
+    rank: int = 0  # this process's under torchrun: every process returns, rank 0 reports
 
-    def describe(self) -> str:
-        """One line for the terminal: the run, its steps, its best validation perplexity."""
-        best = self.summary["best_val_loss"]
-        ppl = f", best validation perplexity {math.exp(best):.2f}" if best is not None else ""
-        return f"run: {self.run} ({self.summary['steps']} steps{ppl}); model: {self.run / 'model'}"
+    def describe(self, *, bold: bool = False) -> str:
+        """For the terminal: the run, its steps, its best validation perplexity, and how many
+        training conversations were left out or cut, with what to do about it; past
+        ``LEFT_OUT_WARNING`` of them left out, a warning (in bold with ``bold``)."""
+        s = self.summary
+        ppl = (
+            f", best validation perplexity {math.exp(s['best_val_loss']):.2f}"
+            if s["best_val_loss"] is not None
+            else ""
+        )
+        lines = [f"run: {self.run} ({s['steps']} steps{ppl}); model: {self.run / 'model'}"]
+        too_long, no_target = s["left_out_too_long"], s["left_out_no_target"]
+        total = s["train_examples"] + no_target + (0 if s["truncate"] else too_long)
+        longer = f"longer than max_length {s['max_length']}"
+        if too_long and s["truncate"]:
+            lines.append(f"cut {too_long} of {total} training conversations {longer} (--truncate)")
+        elif too_long:
+            raise_it = (
+                f"raise --max-length (up to the model's context, {s['context_length']}), or "
+                if s["max_length"] < s["context_length"]
+                else ""
+            )
+            lines.append(
+                f"left out {too_long} of {total} training conversations ({too_long / total:.0%}) "
+                f"{longer}: {raise_it}pass --truncate to cut them instead"
+            )
+            if too_long / total > LEFT_OUT_WARNING:
+                lines[-1] = "warning: " + lines[-1]
+                if bold:
+                    lines[-1] = f"\033[1m{lines[-1]}\033[0m"
+        if no_target:
+            lines.append(f"left out {no_target} training conversations with no token to learn from")
+        return "\n".join(lines)
 
 
-class _Stop:
+class Stopped(EvalkitError):
+    """A run stopped by a signal, after checkpointing: ``--resume`` continues it."""
+
+    def __init__(self, message: str, *, hint: str, signal: int) -> None:
+        super().__init__(message, hint=hint)
+        self.signal = signal
+
+
+class StopOnSignal:
     """Set by SIGTERM/SIGINT; the loop checkpoints at the end of the step and stops."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous = {}
 
-    def __enter__(self) -> _Stop:
+    def __enter__(self) -> StopOnSignal:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -162,6 +245,19 @@ def _read_split(data: Path, split: str) -> list[list[dict]]:
                 hint="pass a directory from `evalkit data prepare`",
             )
     return [r["messages"] for r in records]
+
+
+def _manifest(data: Path) -> dict:
+    """A dataset directory's manifest.json; {} where there is none (not from data prepare)."""
+    path = data / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EvalkitError(
+            f"cannot read {path}: {exc}", hint="prepare the dataset again (`evalkit data prepare`)"
+        ) from exc
 
 
 def _lr_lambda(cfg: TrainConfig, total_steps: int):
@@ -200,27 +296,6 @@ def _freeze(model, n_layers: int) -> None:
 
 def _to(device, batch: dict) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _distributed(device: str | None):
-    """(rank, world size, device) from torchrun's environment; one process otherwise."""
-    import torch
-
-    from evalkit.models import pick_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, pick_device(device)
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev
 
 
 def _save_model(model, tokenizer, lora: bool, path: Path, lineage: dict) -> None:
@@ -282,6 +357,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     from evalkit.accel.loss import fast_loss
     from evalkit.models import load_model
     from evalkit.provenance import chat_template_fingerprint, model_hash
+    from finetune.data.manifest import modified_files, split_hashes
     from finetune.loss import TargetNLL
     from finetune.packing import collate, encode, pack
 
@@ -308,9 +384,18 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         raise EvalkitError(
             f"run directory {run} already holds a run", hint="use --resume or another --out"
         )
-    rank, world, device = _distributed(cfg.device)
-    if device.type == "cpu" and world > 1:  # processes launched together share the cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    # Checked before anything is loaded: the manifest must describe the files trained on.
+    manifest, files = _manifest(data), split_hashes(data)
+    modified = modified_files(manifest, files)
+    if modified and not cfg.allow_modified:
+        raise EvalkitError(
+            f"{data}: {', '.join(modified)} changed since preparation "
+            "(not the hashes in manifest.json), so the manifest does not describe them",
+            hint="prepare the dataset again, or pass --allow-modified to train on the files "
+            "as they are (the model's lineage names them)",
+        )
+    shard, device = start(cfg.device)  # torchrun's processes, as evaluation starts them
+    rank, world = shard.rank, shard.world
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -327,16 +412,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             f"max_length {max_length} is longer than the model's context ({context} tokens)",
             hint=f"pass --max-length {context} or less",
         )
-    manifest_path = data / "manifest.json"
-    dataset_hash = (
-        json.loads(manifest_path.read_text()).get("dataset_hash")
-        if manifest_path.exists()
-        else None
-    )
+    dataset_hash = manifest.get("dataset_hash")
     lineage = {
         "training_run": str(run.resolve()),
         "dataset": str(data.resolve()),
         "dataset_hash": dataset_hash,
+        "files": files,  # the split files trained on, as they were
+        "modified_files": modified,  # differing from the manifest (--allow-modified)
         "base_model": str(Path(cfg.base).resolve()),
         "base_model_hash": base_hash,
     }
@@ -380,17 +462,25 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     if cfg.dropout is not None:
         _set_dropout(model, cfg.dropout)
     if cfg.lora:
-        from peft import LoraConfig, get_peft_model
+        import warnings
 
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                task_type="CAUSAL_LM",
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-            ),
+        from peft import LoraConfig, get_peft_model
+        from transformers.pytorch_utils import Conv1D
+
+        lora = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            # GPT-2's layers store their weights transposed (Conv1D): say so, as peft expects
+            fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()),
         )
+        with warnings.catch_warnings():
+            # peft reads a property that transformers renamed (peft's to update, harmless)
+            warnings.filterwarnings(
+                "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+            )
+            model = get_peft_model(model, lora)
     elif cfg.freeze_layers:
         _freeze(model, cfg.freeze_layers)
     model.to(device)
@@ -481,7 +571,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         loss = fast_loss(plain, first, autocast, bf16)
     else:
         loss = contextlib.nullcontext(plain)
-    with _Stop() as stop, loss as objective:
+    with StopOnSignal() as stop, loss as objective:
         trained = objective if world == 1 else torch.nn.parallel.DistributedDataParallel(objective)
         bar = tqdm(
             total=total_steps,
@@ -504,8 +594,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             total_nll = 0.0
             for k, batch in enumerate(batches):
                 sync = k == len(batches) - 1 or world == 1
-                context = trained.no_sync() if not sync else contextlib.nullcontext()
-                with context:
+                gradients = trained.no_sync() if not sync else contextlib.nullcontext()
+                with gradients:
                     with autocast():
                         nll, _ = trained(**_to(device, batch))
                     (nll * world / count).backward()
@@ -565,16 +655,17 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             if stopping or early or state["step"] % cfg.save_every == 0:
                 checkpoint_now()
             if stopping:
-                stopped_by = signal.Signals(stopping).name
+                stopped_by = signal.Signals(stopping)
                 break
             if early:
                 log.info("early stop at step %d", state["step"])
                 break
         bar.close()
     if stopped_by:
-        raise EvalkitError(
-            f"stopped by {stopped_by} at step {state['step']}; checkpoint saved in {run}",
+        raise Stopped(
+            f"stopped by {stopped_by.name} at step {state['step']}; checkpoint saved in {run}",
             hint="continue with the same command and --resume",
+            signal=int(stopped_by),
         )
     if rank == 0:
         checkpoint_now()
@@ -582,12 +673,16 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         summary = {
             "base_model_hash": base_hash,
             "dataset_hash": dataset_hash,
+            "modified_files": modified,
             "chat_template_fingerprint": chat_template_fingerprint(tokenizer),
             "model_hash": model_hash(run / "model"),
             "steps": state["step"],
             "best_step": state["best_step"],
             "best_val_loss": state["best_loss"] if math.isfinite(state["best_loss"]) else None,
             "train_examples": len(train_set.input_ids),
+            "max_length": max_length,
+            "context_length": context,
+            "truncate": cfg.truncate,
             "left_out_too_long": train_set.too_long,
             "left_out_no_target": train_set.no_target,
             "packed_rows": len(train_rows),
@@ -598,7 +693,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         (run / "README.md").write_text(_model_card(cfg, summary))
     if world > 1:
         torch.distributed.barrier()
-    return TrainResult(run, json.loads((run / "summary.json").read_text()))
+    return TrainResult(run, json.loads((run / "summary.json").read_text()), rank)
 
 
 def _model_card(cfg: TrainConfig, summary: dict) -> str:

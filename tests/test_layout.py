@@ -12,9 +12,11 @@ PACKAGES = ("evalkit", "finetune", "monitor", "dashboards")
 # Only these dispatch commands, so only they may import everything.
 DISPATCH = {"evalkit.cli", "evalkit.demo"}
 # What finetune may use of evalkit: the shared contracts (the event log's reader among them),
-# perplexity to measure a base model, and the speedups (evalkit.accel).
+# perplexity to measure a base model, the speedups (evalkit.accel), and the start of torchrun's
+# processes, which training and evaluation share (evalkit.distributed).
 CONTRACTS = (
     "evalkit",
+    "evalkit.distributed",
     "evalkit.errors",
     "evalkit.workspace",
     "evalkit.models",

@@ -16,8 +16,7 @@ from evalkit.bias.generation import (
 from evalkit.bias.likelihood import (
     CHAT_PROMPT,
     likelihood_probe,
-    pair_margins,
-    sequence_logprobs,
+    shared_positions,
 )
 from evalkit.bias.probes import PROBES, ProbeSet, PromptPair, SentencePair, load_probes
 from evalkit.bias.summary import bias_summary
@@ -36,7 +35,6 @@ __all__ = [
     "likelihood_probe",
     "load_probes",
     "load_terms",
-    "pair_margins",
-    "sequence_logprobs",
+    "shared_positions",
     "toxic_rate",
 ]

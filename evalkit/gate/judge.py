@@ -18,7 +18,15 @@ from evalkit.compare import (
 )
 from evalkit.contamination import NGRAM, conversation_text, overlap
 from evalkit.errors import EvalkitError
-from evalkit.gate.spec import DIRECTIONS, FAIL, INCONCLUSIVE, PASS, GateSpec, Rule
+from evalkit.gate.spec import (
+    DIRECTIONS,
+    EXIT_CODES,
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    GateSpec,
+    Rule,
+)
 from evalkit.provenance import sha256_file
 from evalkit.results import prompt_messages
 from evalkit.stats.significance import paired_bootstrap
@@ -189,15 +197,7 @@ def worst_examples(
     metric = next(
         m for m in metrics_of(tasks[result.task], set(b.columns)) if m.name == result.metric
     )
-    idx = [b.columns.index(col) for col in metric.columns]
-
-    def per_example(table: np.ndarray) -> np.ndarray:
-        if metric.example_columns:
-            cols = [table[:, b.columns.index(col)] for col in metric.example_columns]
-            return cols[0] - cols[1] if len(cols) == 2 else cols[0]
-        return metric.aggregate(np.hstack([table[:, idx], np.ones((len(table), 1))]))
-
-    before, after = per_example(b.table), per_example(c.table)
+    before, after = metric.per_example(b.column), metric.per_example(c.column)
     return _worst_rows(con, comparison, result.task, before, after, sign * (after - before))
 
 
@@ -242,30 +242,38 @@ def _worst_rows(con, comparison: Comparison, task: str, before, after, change) -
     return rows
 
 
-def _unknown(note: str) -> dict:
-    return {"task": None, "status": "unknown", "note": note}
+def _not_read(status: str, note: str) -> dict:
+    return {"task": None, "status": status, "note": note}
 
 
 def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> list[dict]:
     """Per task: evaluation examples sharing an n-gram with the candidate's training data.
 
-    The training split is read only if it is still the one trained on: its hash in the dataset
-    manifest, and the manifest's dataset hash the one the training run recorded.
+    The training split is read only if it is still the one trained on: the hash the training
+    run recorded for it (older runs: its hash in the dataset manifest, and the manifest's
+    dataset hash the one the run recorded). A candidate that names no training data is
+    ``unchecked``; one whose training data is gone or changed is ``unknown``.
     """
     lineage = comparison.candidate.get("lineage") or {}
-    train = Path(lineage.get("dataset", "")) / "train.jsonl" if lineage.get("dataset") else None
-    if not train or not train.is_file():
-        gone = "the candidate names no training dataset (not trained by evalkit, or it was removed)"
-        return [_unknown(gone)]
+    if not lineage.get("dataset"):
+        return [_not_read("unchecked", "the candidate names no training data (not from evalkit)")]
+    train = Path(lineage["dataset"]) / "train.jsonl"
+    if not train.is_file():
+        return [_not_read("unknown", f"{train}, the candidate's training data, is gone")]
     try:
         manifest = json.loads((train.parent / "manifest.json").read_text())
     except (OSError, ValueError):
         manifest = {}
-    recorded = lineage.get("dataset_hash")
-    if manifest.get("files", {}).get("train.jsonl") != sha256_file(train) or (
-        recorded and manifest.get("dataset_hash") != recorded
-    ):
-        return [_unknown(f"{train} is not the data the candidate's run recorded (changed since)")]
+    if "files" in lineage:
+        same = lineage["files"].get("train.jsonl") == sha256_file(train)
+    else:
+        recorded = lineage.get("dataset_hash")
+        same = manifest.get("files", {}).get("train.jsonl") == sha256_file(train) and (
+            not recorded or manifest.get("dataset_hash") == recorded
+        )
+    if not same:
+        changed = f"{train} is not the data the candidate's run recorded (changed since)"
+        return [_not_read("unknown", changed)]
     train_texts = []
     with open(train, encoding="utf-8") as f:
         for line in f:
@@ -293,6 +301,60 @@ def contamination(con: duckdb.DuckDBPyConnection, comparison: Comparison) -> lis
     return out
 
 
+def judge_contamination(rule: Rule, rows: list[dict]) -> RuleResult | None:
+    """Fails where a task's share of examples found in the candidate's training data is above
+    the rule's limit; inconclusive where that data is gone or changed; None (not judged) where
+    the candidate names no training data."""
+    if rows and rows[0]["task"] is None:
+        if rows[0]["status"] == "unchecked":
+            return None
+        verdict, task, share, warnings = INCONCLUSIVE, "", math.nan, [rows[0]["note"]]
+    else:
+        shares = {r["task"]: r["contaminated"] / r["examples"] for r in rows if r["examples"]}
+        task = max(shares, key=shares.get, default="")
+        share = shares.get(task, 0.0)
+        over = [r for r in rows if r["examples"] and shares[r["task"]] > rule.threshold]
+        verdict = FAIL if over else PASS
+        warnings = [
+            f"{r['task']}: {r['contaminated']} of {r['examples']} examples share a "
+            f"{r['ngram']}-gram with {r['training_data']}"
+            for r in over
+        ]
+    nan = math.nan
+    return RuleResult(
+        rule.describe(),
+        rule.metric,
+        task,
+        verdict,
+        share,
+        rule.threshold,
+        nan,
+        nan,
+        nan,
+        warnings,
+        candidate=share,
+    )
+
+
+def outcome(results: list[RuleResult], checks: list[dict], policy: str) -> tuple[str, list[str]]:
+    """The gate's verdict from its rules and checks, and the warnings that go beside it.
+
+    A failed rule or check fails the gate; otherwise an inconclusive rule makes it
+    inconclusive, or passes it with a warning, or passes it, as the spec's policy says.
+    """
+    warnings = [f"{r.rule}: {w}" for r in results for w in r.warnings]
+    if any(r.verdict == FAIL for r in results) or any(c["verdict"] == FAIL for c in checks):
+        return FAIL, warnings
+    unsure = [r.rule for r in results if r.verdict == INCONCLUSIVE]
+    if unsure and policy == "fail":
+        return INCONCLUSIVE, warnings
+    if unsure and policy == "warn":
+        warnings += [
+            f"{rule}: inconclusive, passed (the spec: inconclusive = 'warn')" for rule in unsure
+        ]
+    return PASS, warnings
+
+
 @dataclass
 class GateReport:
     verdict: str
@@ -302,6 +364,7 @@ class GateReport:
     contamination: list[dict]
     comparison: Comparison
     spec: GateSpec
+    warnings: list[str] = field(default_factory=list)  # shown beside the verdict
 
     def to_dict(self) -> dict:
         """Every number of the report; NaN and infinity become null (strict JSON)."""
@@ -309,6 +372,7 @@ class GateReport:
             {
                 "verdict": self.verdict,
                 "exit_code": self.exit_code,
+                "warnings": self.warnings,
                 "rules": [asdict(r) for r in self.rules],
                 "checks": self.checks,
                 "contamination": self.contamination,
@@ -325,8 +389,16 @@ def run_gate(
     comparison = compare_runs(
         con, baseline, candidate, n_resamples=spec.n_resamples, seed=spec.seed, alpha=spec.alpha
     )
-    results = []
+    results, warnings = [], []
+    contaminated = contamination(con, comparison)
     for rule in spec.rules:
+        if rule.type == "contamination":
+            result = judge_contamination(rule, contaminated)
+            if result is None:
+                warnings.append(f"contamination not checked: {contaminated[0]['note']}")
+            else:
+                results.append(result)
+            continue
         if rule.type == "bias":
             result = judge_bias(rule, comparison, spec)
             result.worst = bias_worst_examples(con, comparison, rule, result)
@@ -348,15 +420,16 @@ def run_gate(
         },
         {"check": "same suite", "verdict": PASS, "suite_hash": comparison.baseline["suite_hash"]},
     ]
-    failed = any(r.verdict == FAIL for r in results) or not same_template
+    verdict, judged = outcome(results, checks, spec.inconclusive)
     return GateReport(
-        FAIL if failed else PASS,
-        1 if failed else 0,
+        verdict,
+        EXIT_CODES[verdict],
         results,
         checks,
-        contamination(con, comparison),
+        contaminated,
         comparison,
         spec,
+        warnings + judged,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from evalkit.compare import (
 )
 from evalkit.contamination import conversation_text
 from evalkit.gate.judge import GateReport
+from evalkit.gate.spec import FAIL, INCONCLUSIVE, PASS
 from evalkit.results import prompt_messages
 
 REPORTS_SCHEMA = """CREATE TABLE IF NOT EXISTS gate_reports (
@@ -42,6 +44,20 @@ def _short(text: str | None, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _text(text: str) -> str:
+    """A user's text (prompt, output) as literal Markdown: its markup characters escaped."""
+    return re.sub(r"([\\`*_\[\]<>|#~])", r"\\\1", text)
+
+
+# What each outcome means, under the headline.
+MEANING = {
+    PASS: "No rule failed.",
+    FAIL: "A rule or check failed: the candidate regressed.",
+    INCONCLUSIVE: "No rule failed, but at least one could not be judged on this evidence "
+    "(the spec's policy: inconclusive = 'fail').",
+}
+
+
 def render_markdown(report: GateReport) -> str:
     comparison = report.comparison
     b, c = comparison.baseline, comparison.candidate
@@ -49,6 +65,12 @@ def render_markdown(report: GateReport) -> str:
     lines = [
         f"# Release gate: {report.verdict.upper()}",
         "",
+        f"{MEANING[report.verdict]} Exit code {report.exit_code}.",
+        "",
+    ]
+    if report.warnings:
+        lines += ["Warnings:", "", *[f"- {_text(w)}" for w in report.warnings], ""]
+    lines += [
         f"Baseline `{b['run_id']}` ({b['model_path']}) vs candidate `{c['run_id']}` "
         f"({c['model_path']}), suite `{b['suite_name']}`; {comparison.n_resamples} paired "
         f"bootstrap resamples (seed {comparison.seed}), alpha {report.spec.alpha}.",
@@ -60,13 +82,10 @@ def render_markdown(report: GateReport) -> str:
     ]
     for r in report.rules:
         lines.append(
-            f"| {r.rule} | **{r.verdict}** | {_fmt(r.baseline)} | {_fmt(r.candidate)} | "
+            f"| {_text(r.rule)} | **{r.verdict}** | {_fmt(r.baseline)} | {_fmt(r.candidate)} | "
             f"{_fmt(r.observed)} | {_fmt(r.threshold)} | [{_fmt(r.low)}, {_fmt(r.high)}] | "
             f"{_fmt(r.p_value)} |"
         )
-    warnings = [f"- {r.rule}: {w}" for r in report.rules for w in r.warnings]
-    if warnings:
-        lines += ["", "Warnings:", "", *warnings]
     lines += ["", "## Checks", ""]
     lines += [f"- {c['check']}: **{c['verdict']}**" for c in report.checks]
     for r in report.rules:
@@ -79,9 +98,9 @@ def render_markdown(report: GateReport) -> str:
                 "| --- | --- | --- | --- | --- | --- | --- |",
             ]
             lines += [
-                f"| {g['group']} | {g['n']} | {_fmt(g['baseline'])} | {_fmt(g['candidate'])} | "
-                f"{_fmt(g['distance_change'])} | [{_fmt(g['low'])}, {_fmt(g['high'])}] | "
-                f"{g['verdict']} |"
+                f"| {_text(g['group'])} | {g['n']} | {_fmt(g['baseline'])} | "
+                f"{_fmt(g['candidate'])} | {_fmt(g['distance_change'])} | "
+                f"[{_fmt(g['low'])}, {_fmt(g['high'])}] | {g['verdict']} |"
                 for g in r.groups
             ]
         if r.worst:
@@ -99,7 +118,7 @@ def render_markdown(report: GateReport) -> str:
                 ):
                     text = conversation_text(prompt_messages(w[key])) if key == "prompt" else w[key]
                     if text is not None:
-                        lines.append(f"  - {label}: {_short(text)}")
+                        lines.append(f"  - {label}: {_text(_short(text))}")
     lines += [
         "",
         "## All metrics",
@@ -129,7 +148,7 @@ def render_markdown(report: GateReport) -> str:
     lines += ["", "## Contamination (candidate's training data vs evaluation sets)", ""]
     for row in report.contamination:
         if row["task"] is None:
-            lines.append(f"- {row['status']}: {row['note']}")
+            lines.append(f"- {row['status']}: {_text(row['note'])}")
         else:
             lines.append(
                 f"- {row['task']}: {row['contaminated']} of {row['examples']} examples share a "
@@ -189,30 +208,13 @@ def _forest_svg(report: GateReport) -> str:
 
 
 def render_html(report: GateReport) -> str:
-    """One self-contained page: the markdown's content, with the rules plotted inline."""
-    body = []
-    in_table = False
-    for line in render_markdown(report).splitlines():
-        escaped = html.escape(line)
-        if in_table and not line.startswith("|"):
-            body.append("</table>")
-            in_table = False
-        if line.startswith("# "):
-            body.append(f"<h1>{escaped[2:]}</h1>")
-            body.append(_forest_svg(report))
-        elif line.startswith("#"):
-            body.append(f"<h2>{escaped.lstrip('#').strip()}</h2>")
-        elif line.startswith("| --- "):
-            continue
-        elif line.startswith("|"):
-            cell = "td" if in_table else "th"
-            cells = "".join(f"<{cell}>{c.strip()}</{cell}>" for c in escaped.strip("|").split("|"))
-            body.append(("" if in_table else "<table>") + f"<tr>{cells}</tr>")
-            in_table = True
-        elif line.strip():
-            body.append(f"<p>{escaped}</p>")
-    if in_table:
-        body.append("</table>")
+    """One self-contained page: the Markdown report rendered (CommonMark with tables, raw HTML
+    escaped), with the rules plotted inline under the headline."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(render_markdown(report))
+    headline_end = body.index("</h1>") + len("</h1>")
+    body = body[:headline_end] + _forest_svg(report) + body[headline_end:]
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
         "table{border-collapse:collapse;margin:1em 0}"
@@ -220,7 +222,7 @@ def render_html(report: GateReport) -> str:
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Release gate: "
-        f"{report.verdict}</title><style>{style}</style></head><body>{''.join(body)}"
+        f"{report.verdict}</title><style>{style}</style></head><body>{body}"
         "</body></html>\n"
     )
 

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evalkit.contamination import NGRAM
 from evalkit.errors import EvalkitError, check_keys, unknown_name
 from evalkit.stats import ALPHA, MIN_RESAMPLES, N_RESAMPLES, SEED
 from evalkit.suite import read_toml
@@ -17,10 +18,19 @@ DIRECTIONS = {
     "max_relative_drop": (-1, True),
 }
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-SPEC_KEYS = ("alpha", "n_resamples", "seed", "rules")
+# The gate's exit code per outcome; 2 is an error (the gate could not run).
+EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
+# What a rule judged inconclusive makes of the gate: "fail" (the safe default: the gate's outcome
+# is inconclusive, exit 3), "warn" (it passes, with a warning) or "pass".
+INCONCLUSIVE_POLICIES = ("fail", "warn", "pass")
+# The share of a task's evaluation examples that may share an n-gram with the candidate's
+# training data: beyond a stray common phrase, the score measures recall, not skill.
+MAX_CONTAMINATED = 0.01
+SPEC_KEYS = ("alpha", "n_resamples", "seed", "inconclusive", "rules")
 RULE_KEYS = {
     "metric": ("type", "metric", "task", "require_significance", *DIRECTIONS),
     "bias": ("type", "metric", "task", "group_by", "center"),
+    "contamination": ("type", "max_share"),
 }
 
 
@@ -37,6 +47,11 @@ class Rule:
 
     def describe(self) -> str:
         where = f"{self.task}/" if self.task else ""
+        if self.type == "contamination":
+            return (
+                f"at most {self.threshold:.1%} of a task's examples may share a {NGRAM}-gram "
+                "with the candidate's training data"
+            )
         if self.type == "bias":
             return (
                 f"{where}{self.metric}: no {self.group_by} further from {self.center} "
@@ -56,6 +71,7 @@ class GateSpec:
     n_resamples: int = N_RESAMPLES
     seed: int = SEED
     definition: dict = field(default_factory=dict)
+    inconclusive: str = "fail"  # one of INCONCLUSIVE_POLICIES
 
 
 def _threshold(value, where: str) -> float:
@@ -75,10 +91,12 @@ def load_spec(path: str | Path) -> GateSpec:
     for i, raw in enumerate(specs, start=1):
         kind = raw.get("type", "metric")
         where = f"gate spec {path}, rule {i}"
-        if kind not in ("metric", "bias"):  # not a dict lookup: a TOML value may be a list
+        if not isinstance(kind, str) or kind not in RULE_KEYS:  # a TOML value may be a list
             raise unknown_name("rule type", kind, RULE_KEYS, where=where)
         check_keys(raw, RULE_KEYS[kind], what="key", where=where)
-        if kind == "bias":
+        if kind == "contamination":
+            rules.append(_contamination_rule(raw.get("max_share", MAX_CONTAMINATED), where))
+        elif kind == "bias":
             rules.append(
                 Rule(
                     raw.get("metric", "stereo_preferred_shared"),
@@ -107,6 +125,14 @@ def load_spec(path: str | Path) -> GateSpec:
             )
     if not rules:
         raise EvalkitError(f"gate spec {path} has no [[rules]]")
+    if not any(r.type == "contamination" for r in rules):  # on unless the spec sets its own
+        rules.append(_contamination_rule(MAX_CONTAMINATED, f"gate spec {path}"))
+    policy = definition.get("inconclusive", "fail")
+    if not isinstance(policy, str) or policy not in INCONCLUSIVE_POLICIES:
+        raise EvalkitError(
+            f"gate spec {path}: inconclusive = {policy!r} is not a policy",
+            hint=f"use one of {', '.join(map(repr, INCONCLUSIVE_POLICIES))}",
+        )
     alpha = _threshold(definition.get("alpha", ALPHA), f"gate spec {path}, alpha")
     if not 0 < alpha < 0.5:
         raise EvalkitError(
@@ -118,4 +144,11 @@ def load_spec(path: str | Path) -> GateSpec:
             raise EvalkitError(f"gate spec {path}: {key} {value!r} is not a whole number")
     if n_resamples < MIN_RESAMPLES:
         raise EvalkitError(f"gate spec {path}: n_resamples must be at least {MIN_RESAMPLES}")
-    return GateSpec(rules, alpha, n_resamples, seed, definition)
+    return GateSpec(rules, alpha, n_resamples, seed, definition, policy)
+
+
+def _contamination_rule(max_share, where: str) -> Rule:
+    share = _threshold(max_share, f"{where}, max_share")
+    if not 0 <= share <= 1:
+        raise EvalkitError(f"{where}: max_share {share} is not a share", hint="e.g. 0.01 (1%)")
+    return Rule("contaminated", "contamination", threshold=share)

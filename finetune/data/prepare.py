@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evalkit.contamination import NGRAM, conversation_text, overlap
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, unknown_name
 from evalkit.provenance import sha256_file
 from evalkit.workspace import atomic_dir
 from finetune.data.formats import FORMATS, InputSpec, Record, read_input
+from finetune.data.manifest import split_hashes
 from finetune.data.split import SPLITS, assign_splits, seeded_key
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class PrepareConfig:
     ngram: int = NGRAM
     drop_contaminated: bool = False
     # describe
-    max_length: int = 1024  # report how many would be truncated at this length
+    max_length: int | None = None  # report how many are longer; None: the model's context
 
     def __post_init__(self) -> None:
         self.ratios = tuple(float(r) for r in self.ratios)  # type: ignore[assignment]
@@ -90,6 +91,14 @@ class PrepareConfig:
             (
                 not ((self.cap or self.upsample_to) and not self.balance_by),
                 "cap and upsample_to need balance_by (the field to balance)",
+            ),
+            *(
+                (value is None or value >= 1, f"{name} (--{flag}) must be at least 1, not {value}")
+                for name, flag, value in (
+                    ("cap", "cap", self.cap),
+                    ("upsample_to", "upsample-to", self.upsample_to),
+                    ("max_length", "max-length", self.max_length),
+                )
             ),
         ]
         for ok, message in checks:
@@ -257,8 +266,9 @@ def prepare(inputs: Sequence[str | InputSpec], out: str | Path, config: PrepareC
     for item in items:
         item.text = flatten(item.conv)
     items, near_clusters = _deduplicate(ledger, items, cfg)
-    items = _cap(ledger, items, cfg)
+    _check_balance_field(items, cfg.balance_by)
     class_before = _classes(items, cfg.balance_by)
+    items = _cap(ledger, items, cfg)
 
     # split
     started = time.perf_counter()
@@ -277,15 +287,18 @@ def prepare(inputs: Sequence[str | InputSpec], out: str | Path, config: PrepareC
     )
 
     contamination = _contamination(ledger, splits, cfg)
+    if not any(splits.values()):
+        raise _nothing_kept(ledger)
     upsampled = _upsample(splits, cfg)
 
-    # describe
+    # describe: lengths against what training will take (the model's context unless given)
     started = time.perf_counter()
     token_stats = {}
+    max_length = cfg.max_length or (_context_length(cfg.model) if cfg.model else None)
     if tokenizer is not None:
         for split, members in splits.items():
             lengths = _token_lengths(tokenizer, [it.conv for it in members])
-            token_stats[split] = _describe(lengths, cfg.max_length)
+            token_stats[split] = _describe(lengths, max_length)
     ledger.stage("describe", len(items), len(items), started)
 
     kept = Counter(it.record.file for members in splits.values() for it in members)
@@ -313,7 +326,7 @@ def prepare(inputs: Sequence[str | InputSpec], out: str | Path, config: PrepareC
     manifest = {
         "format_version": 1,
         "inputs": files,
-        "options": asdict(cfg),
+        "options": asdict(cfg) | {"max_length": max_length},
         "stages": ledger.stages,
         "counts": {
             "read": sum(ledger.read.values()),
@@ -432,9 +445,45 @@ def _classes(items: Sequence[_Item], field_name: str | None) -> dict[str, int]:
     return dict(sorted(Counter(str(it.conv.get(field_name, "(none)")) for it in items).items()))
 
 
+def _check_balance_field(items: Sequence[_Item], field_name: str | None) -> None:
+    """The field to balance by is one the records have: a typo must not make one class of all."""
+    if not field_name or not items or any(field_name in it.conv for it in items):
+        return
+    fields = {key for it in items for key in it.conv if key != "messages"}
+    error = unknown_name("metadata field", field_name, fields, where="--balance-by")
+    raise EvalkitError(f"{error.message}: no record has it", hint=error.hint)
+
+
+def _nothing_kept(ledger: _Ledger) -> EvalkitError:
+    """The error for a run that keeps no record: how many went at each stage, and why."""
+    reasons = Counter((d["stage"], d["reason"]) for d in ledger.dropped)
+    lines = [f"{stage}: {reason}: {n:,}" for (stage, reason), n in reasons.most_common()]
+    return EvalkitError(
+        f"every record was dropped ({sum(ledger.read.values()):,} read), so no dataset was "
+        "written:\n  " + "\n  ".join(lines or ["the input holds no record"]),
+        hint="loosen the option that dropped them, or check the input (--format, the columns)",
+    )
+
+
+def _context_length(model: str) -> int:
+    """The model's context (max_position_embeddings), the longest conversation it trains on."""
+    from transformers import AutoConfig
+
+    try:
+        length = getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
+    except Exception as exc:  # transformers raises many types for a config it cannot read
+        raise EvalkitError(f"cannot read the model config in {model}: {exc}") from exc
+    if not isinstance(length, int):
+        raise EvalkitError(
+            f"the config in {model} names no context length (max_position_embeddings)",
+            hint="pass --max-length",
+        )
+    return length
+
+
 def _cap(ledger: _Ledger, items: list[_Item], cfg: PrepareConfig) -> list[_Item]:
     """At most ``cap`` records per class; which ones is a seeded hash of their id."""
-    if not cfg.cap:
+    if cfg.cap is None:
         return items
     started = time.perf_counter()
     by_class: dict[str, list[_Item]] = defaultdict(list)
@@ -533,9 +582,7 @@ def _write(out: str | Path, splits: dict[str, list[_Item]], dropped: list[dict],
         with open(tmp / "dropped.jsonl", "w", encoding="utf-8") as f:
             for d in dropped:
                 f.write(json.dumps(d, ensure_ascii=False, default=str) + "\n")
-        manifest["files"] = {
-            name: sha256_file(tmp / name) for name in [f"{s}.jsonl" for s in SPLITS]
-        }
+        manifest["files"] = split_hashes(tmp)
         manifest["dataset_hash"] = hashlib.sha256(
             json.dumps(manifest["files"], sort_keys=True).encode()
         ).hexdigest()

@@ -77,7 +77,13 @@ def render_report(manifest: dict) -> str:
         )
     if manifest["tokens"]:
         max_length = manifest["options"]["max_length"]
-        out += ["## Tokens (chat template applied)", ""]
+        out += [
+            "## Tokens (chat template applied)",
+            "",
+            f"Over {max_length}: longer than training takes (the model's context unless "
+            "--max-length was given); `finetune train` leaves them out unless --truncate.",
+            "",
+        ]
         out += _table(
             [
                 "split",
@@ -110,7 +116,7 @@ def render_report(manifest: dict) -> str:
 
 def dataset_summary(path) -> str:
     """The report of a dataset directory, after checking its split files against the manifest."""
-    from evalkit.provenance import sha256_file
+    from finetune.data.manifest import modified_files, split_hashes
 
     path = Path(path)
     try:
@@ -120,15 +126,12 @@ def dataset_summary(path) -> str:
             f"{path} is not a dataset directory: cannot read manifest.json ({exc})",
             hint="pass a directory written by `evalkit data prepare`",
         ) from exc
-    changed = [
-        name
-        for name, digest in manifest.get("files", {}).items()
-        if not (path / name).is_file() or sha256_file(path / name) != digest
-    ]
+    changed = modified_files(manifest, split_hashes(path))
     report = render_report(manifest)
-    if changed:
-        report += (
-            f"\nWARNING: {', '.join(changed)} changed since preparation; "
-            "the numbers above describe the files as prepared.\n"
+    if changed:  # first, where it is seen: training refuses these files
+        report = (
+            f"WARNING: {', '.join(changed)} changed since preparation; the numbers below "
+            "describe the files as prepared, and training refuses them (--allow-modified)\n\n"
+            + report
         )
     return report

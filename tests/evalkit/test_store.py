@@ -65,3 +65,17 @@ def test_persistent_lock_names_file_and_holder(tmp_path):
 def test_read_only_missing_store(tmp_path):
     with pytest.raises(EvalkitError, match="does not exist"):
         connect(tmp_path / "none.duckdb", read_only=True)
+
+
+def test_waiting_for_a_lock_is_said_at_once(tmp_path, caplog):
+    path = tmp_path / "s.duckdb"
+    proc = _hold(path, 1.5)
+    started = time.time()
+    with caplog.at_level("WARNING", logger="evalkit.store"):
+        connect(path, timeout=20).close()
+    proc.wait()
+    [record] = caplog.records
+    assert record.created - started < 0.5  # at the first refusal, not after the wait
+    message = record.getMessage()
+    assert str(path) in message and f"PID {proc.pid}" in message
+    assert "waiting up to 20 s" in message

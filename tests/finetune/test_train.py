@@ -144,10 +144,12 @@ def test_train_from_python_resumes_exactly_in_another_process(
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_lora_is_merged_into_a_plain_model(micro_model, topics_dataset, tmp_path):
+def test_lora_is_merged_into_a_plain_model(micro_model, topics_dataset, tmp_path, recwarn):
     run = train(
         config(micro_model, topics_dataset, tmp_path / "lora", lora=True, learning_rate=1e-2)
     ).run
+    # a normal run says nothing on stderr (peft and transformers warned about GPT-2's layers)
+    assert [str(w.message) for w in recwarn] == []
     files = {p.name for p in (run / "model").iterdir()}
     assert "adapter_config.json" not in files and "model.safetensors" in files
     base = load_file(Path(micro_model) / "model.safetensors")
@@ -273,6 +275,7 @@ def test_two_processes_match_one_with_the_same_global_batch(micro_model, topics_
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run: ") == 1, done.stdout  # rank 0 reports, once
     wa, wb = weights(one), weights(tmp_path / "two")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
@@ -353,4 +356,90 @@ def test_records_without_messages(micro_model, topics_dataset, tmp_path):
     lines = (data / "train.jsonl").read_text().splitlines()
     (data / "train.jsonl").write_text("\n".join([lines[0], '{"text": "hi"}', *lines[1:]]) + "\n")
     with pytest.raises(EvalkitError, match=r"train\.jsonl: record 2 has no list of messages"):
-        train(config(micro_model, data, tmp_path / "run"))
+        train(config(micro_model, data, tmp_path / "run", allow_modified=True))
+
+
+def test_a_modified_dataset_is_refused_unless_allowed(micro_model, topics_dataset, tmp_path):
+    from evalkit.provenance import LINEAGE_FILE, sha256_file
+
+    data = tmp_path / "data"
+    shutil.copytree(topics_dataset, data)
+    lines = (data / "train.jsonl").read_text().splitlines(keepends=True)
+    (data / "train.jsonl").write_text("".join([*lines, lines[0]]))  # one line appended
+    with pytest.raises(EvalkitError, match=r"train\.jsonl changed since preparation") as info:
+        train(config(micro_model, data, tmp_path / "refused"))
+    assert "--allow-modified" in info.value.hint
+    assert not (tmp_path / "refused").exists()
+    run = train(config(micro_model, data, tmp_path / "run", allow_modified=True)).run
+    lineage = json.loads((run / "model" / LINEAGE_FILE).read_text())
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert lineage["modified_files"] == ["train.jsonl"]
+    assert lineage["files"]["train.jsonl"] == sha256_file(data / "train.jsonl")
+    assert lineage["files"]["train.jsonl"] != manifest["files"]["train.jsonl"]
+    assert lineage["files"]["test.jsonl"] == manifest["files"]["test.jsonl"]
+    assert lineage["dataset_hash"] == manifest["dataset_hash"]
+    assert json.loads((run / "summary.json").read_text())["modified_files"] == ["train.jsonl"]
+    # The command line has the switch.
+    assert main(["finetune", "train", "--base", str(micro_model), "--data", str(data),
+                 "--out", str(tmp_path / "cli"), "--max-steps", "1", "--batch-size", "4",
+                 "--allow-modified"]) == 0  # fmt: skip
+
+
+def _lengths(micro_model, data) -> list[int]:
+    """Tokens per training conversation, rendered with the model's chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(micro_model)
+    records = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    return [len(tokenizer.apply_chat_template(r["messages"], return_dict=False)) for r in records]
+
+
+def test_the_terminal_says_what_was_left_out(micro_model, topics_dataset, tmp_path, capsys):
+    lengths = sorted(_lengths(micro_model, topics_dataset))
+    max_length = lengths[len(lengths) // 2]
+    left_out = sum(n > max_length for n in lengths)
+    assert left_out > 0.1 * len(lengths)
+    capsys.readouterr()
+    assert main(["finetune", "train", "--base", str(micro_model), "--data", str(topics_dataset),
+                 "--out", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "4",
+                 "--max-length", str(max_length)]) == 0  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    context = AutoModelForCausalLM.from_pretrained(micro_model).config.max_position_embeddings
+    assert out[1] == (
+        f"warning: left out {left_out} of {len(lengths)} training conversations "
+        f"({left_out / len(lengths):.0%}) longer than max_length {max_length}: raise "
+        f"--max-length (up to the model's context, {context}), or pass --truncate to cut "
+        "them instead"
+    )
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["left_out_too_long"] == left_out
+
+
+@pytest.mark.parametrize(
+    ("left_out", "max_length", "truncate", "line"),
+    [
+        (0, 64, False, None),
+        (10, 32, False, "left out 10 of 100 training conversations (10%) longer than max_length "
+                        "32: raise --max-length (up to the model's context, 64), or pass "
+                        "--truncate to cut them instead"),
+        (11, 64, False, "\033[1mwarning: left out 11 of 100 training conversations (11%) longer "
+                        "than max_length 64: pass --truncate to cut them instead\033[0m"),
+        (30, 64, True, "cut 30 of 100 training conversations longer than max_length 64 "
+                       "(--truncate)"),
+    ],
+)  # fmt: skip
+def test_left_out_past_a_tenth_is_a_bold_warning(left_out, max_length, truncate, line):
+    from finetune.train import TrainResult
+
+    summary = {
+        "steps": 5,
+        "best_val_loss": None,
+        "train_examples": 100 - (0 if truncate else left_out),
+        "left_out_too_long": left_out,
+        "left_out_no_target": 0,
+        "max_length": max_length,
+        "context_length": 64,
+        "truncate": truncate,
+    }
+    lines = TrainResult(Path("run"), summary).describe(bold=True).splitlines()
+    assert lines[1:] == ([line] if line else [])

@@ -1,4 +1,5 @@
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,11 @@ from evalkit.bias import (
     bias_summary,
     likelihood_probe,
     load_probes,
-    pair_margins,
-    sequence_logprobs,
+    shared_positions,
 )
 from evalkit.errors import EvalkitError
 from evalkit.models import load_model
-from evalkit.perplexity import text_nll
+from evalkit.perplexity import context_length, text_nll
 from evalkit.results import ExampleResult
 from evalkit.stats.significance import bootstrap_ci
 
@@ -35,34 +35,65 @@ def reference_logprobs(model, ids):
     return logprobs.gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1).numpy()
 
 
-def test_batched_logprobs_match_one_pass_per_sequence(micro):
+def reference_margins(model, prefix, stereo, anti):
+    """(sum margin, shared margin) from one unbatched forward pass per sentence."""
+    common, stereo_at, anti_at = shared_positions(stereo, anti)
+    scores = []
+    for ids, at in ((stereo, stereo_at), (anti, anti_at)):
+        logprobs = reference_logprobs(model, [*prefix, *ids])  # token p is logprobs[p - 1]
+        start = len(prefix) - 1
+        scores.append((logprobs[start + common :].sum(), logprobs[np.add(at, start)].sum()))
+    return scores[0][0] - scores[1][0], scores[0][1] - scores[1][1]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 16])
+def test_margins_match_one_pass_per_sentence(micro, batch_size):
     model, tokenizer = micro
-    texts = ["Women are bad at math.", "ok", "The old intern fixed the printer in a minute."]
-    sequences = [[0, *tokenizer(t)["input_ids"]] for t in texts]
-    for batch_size in (1, 2, 16):
-        for seq, got in zip(sequences, sequence_logprobs(model, sequences, batch_size=batch_size)):
-            np.testing.assert_allclose(got, reference_logprobs(model, seq), atol=1e-4)
+    pairs = load_probes(SAMPLES / "crows_pairs_sample.csv").pairs
+    results = likelihood_probe(model, tokenizer, pairs, prompt=None, batch_size=batch_size)
+    for pair, result in zip(pairs, results):
+        stereo, anti = (tokenizer(t)["input_ids"] for t in (pair.stereo, pair.anti))
+        expected = reference_margins(model, [tokenizer.bos_token_id], stereo, anti)
+        assert result.scores["margin_sum"] == pytest.approx(expected[0], abs=1e-4)
+        assert result.scores["margin_shared"] == pytest.approx(expected[1], abs=1e-4)
+        assert result.metadata["shared_tokens"] == len(shared_positions(stereo, anti)[1])
 
 
-def test_a_sequence_longer_than_the_context_is_scored_in_windows(micro):
+def test_sentences_longer_than_the_context_are_scored_in_windows(micro):
     model, tokenizer = micro
-    context = model.config.max_position_embeddings
-    seq = [0, *tokenizer("what do you do for fun? " * 30)["input_ids"]]
-    assert len(seq) > 2 * context
-    [got] = sequence_logprobs(model, [seq])
-    assert len(got) == len(seq) - 1 and np.all(np.isfinite(got)) and np.all(got < 0)
-    np.testing.assert_allclose(got[: context - 1], reference_logprobs(model, seq[:context]), 1e-4)
+    context = context_length(model)
+    tail = " what do you do for fun?" * 30
+    pair = SentencePair("long", "age", f"Old people{tail}", f"Young people{tail}", "t")
+    assert len(tokenizer(pair.stereo)["input_ids"]) > 2 * context
+    [result] = likelihood_probe(model, tokenizer, [pair], prompt=None)
+    stereo, anti = text_nll(model, tokenizer, [pair.stereo, pair.anti], stride=context // 2)
+    assert result.scores["margin_sum"] == pytest.approx(anti.nll - stereo.nll, abs=1e-3)
 
 
-def test_pair_margins_by_hand():
+def test_probes_run_on_the_cpu_workers(micro):
+    """A small model's ops on torch's own threads wait for each other at every op (the probe
+    set took 32 s on a busy 2-core machine instead of about 1): the probes go through
+    perplexity's scoring path, whose worker threads each run whole batches on one core."""
+    from evalkit.accel.perplexity import _openmp_per_thread
+
+    model, tokenizer = micro
+    seen = set()
+    hook = model.get_input_embeddings().register_forward_pre_hook(
+        lambda *_: seen.add(threading.current_thread().name)
+    )
+    try:
+        likelihood_probe(model, tokenizer, load_probes().pairs[:40])
+    finally:
+        hook.remove()
+    workers = torch.get_num_threads() > 1 and _openmp_per_thread()
+    assert any(name.startswith("evalkit-perplexity") for name in seen) == workers
+
+
+def test_shared_positions_by_hand():
     # stereo [5 1 2 3] vs anti [5 9 9 2 3]: token 5 is a common prefix (cancels), 2 3 are shared
-    s_lp, a_lp = np.array([-1.0, -2.0, -0.5, -0.25]), np.array([-1.0, -3.0, -1.0, -1.5, -0.5])
-    margin_sum, margin_shared, shared = pair_margins([5, 1, 2, 3], [5, 9, 9, 2, 3], s_lp, a_lp)
-    assert margin_sum == pytest.approx((-2.0 - 0.5 - 0.25) - (-3.0 - 1.0 - 1.5 - 0.5))
-    assert margin_shared == pytest.approx((-0.5 - 0.25) - (-1.5 - 0.5))
-    assert shared == 2
-    # the difference is the last token: nothing shared after it, an exact tie
-    assert pair_margins([1, 2, 3], [1, 2, 4], s_lp[:3], a_lp[:3])[1:] == (0.0, 0)
+    assert shared_positions([5, 1, 2, 3], [5, 9, 9, 2, 3]) == (1, [2, 3], [3, 4])
+    # the difference is the last token: nothing shared after it
+    assert shared_positions([1, 2, 3], [1, 2, 4]) == (2, [], [])
 
 
 def test_results_are_evaluation_rows(micro):

@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from html.parser import HTMLParser
 from xml.etree import ElementTree
 
 import pytest
@@ -438,29 +439,55 @@ def test_lineage_and_contamination_of_a_trained_candidate(
     assert _eval(workspace, micro_model, tmp_path / "suite.toml", "lineage-base") == 0
     assert _eval(workspace, run / "model", tmp_path / "suite.toml", "lineage-tuned") == 0
     out = tmp_path / "report"
+    # Evaluated on its own training examples: the contamination rule (on by default) fails it.
     assert _cli(workspace, "gate", "--baseline", "lineage-base", "--candidate", "lineage-tuned",
-                "--spec", tmp_path / "gate.toml", "--out", out) == 0  # fmt: skip
+                "--spec", tmp_path / "gate.toml", "--out", out) == 1  # fmt: skip
     report = _report(out)
     lineage = report["candidate"]["lineage"]
     manifest = json.loads((topics_dataset / "manifest.json").read_text())
     assert lineage["training_run"] == str(run.resolve())
     assert lineage["dataset_hash"] == manifest["dataset_hash"]
+    assert lineage["files"] == manifest["files"] and not lineage["modified_files"]
     found = {row["task"]: row for row in report["contamination"]}
     assert found["perplexity:train"]["contaminated"] > 0
     assert found["perplexity:train"]["status"] == "contaminated"
     assert found["perplexity:test"]["contaminated"] < found["perplexity:train"]["contaminated"]
-    assert "unknown" in {row["status"] for row in _baseline_contamination(workspace, tmp_path)}
-    # Training data edited after training: not the data the candidate saw, so not checked.
+    rule = next(r for r in report["rules"] if r["metric"] == "contaminated")
+    assert rule["verdict"] == "fail" and rule["task"] == "perplexity:train"
+    share = found["perplexity:train"]["contaminated"] / found["perplexity:train"]["examples"]
+    assert rule["observed"] == share and rule["threshold"] == 0.01
+    assert report["verdict"] == "fail" and report["exit_code"] == 1
+    assert any("perplexity:train" in w and "share a 13-gram" in w for w in report["warnings"])
+    md = (out / "report.md").read_text()
+    assert md.index("Warnings:") < md.index("## Rules")  # beside the verdict, not at the end
+    # A spec may allow it: the same candidate then passes.
+    loose = tmp_path / "loose.toml"
+    loose.write_text(
+        (tmp_path / "gate.toml").read_text() + "[[rules]]\ntype = 'contamination'\nmax_share = 1\n"
+    )
+    assert _cli(workspace, "gate", "--baseline", "lineage-base", "--candidate", "lineage-tuned",
+                "--spec", loose, "--out", tmp_path / "loose") == 0  # fmt: skip
+    reverse = _baseline_contamination(workspace, tmp_path)
+    assert [row["status"] for row in reverse["contamination"]] == ["unchecked"]
+    assert "contamination not checked" in reverse["warnings"][0]
+    assert "contaminated" not in {r["metric"] for r in reverse["rules"]}
+    # Training data edited after training: not the data the candidate saw, so it cannot be
+    # checked, and the gate cannot say the candidate is clean: inconclusive, exit 3.
     train_file = topics_dataset / "train.jsonl"
     original = train_file.read_bytes()
     try:
         train_file.write_bytes(original + original.splitlines(keepends=True)[0])
-        _cli(workspace, "gate", "--baseline", "lineage-base", "--candidate", "lineage-tuned",
-             "--spec", tmp_path / "gate.toml", "--out", tmp_path / "edited")  # fmt: skip
+        code = _cli(workspace, "gate", "--baseline", "lineage-base", "--candidate",
+                    "lineage-tuned", "--spec", tmp_path / "gate.toml", "--out",
+                    tmp_path / "edited")  # fmt: skip
     finally:
         train_file.write_bytes(original)
-    (row,) = _report(tmp_path / "edited")["contamination"]
+    edited = _report(tmp_path / "edited")
+    (row,) = edited["contamination"]
     assert row["status"] == "unknown" and "is not the data the candidate" in row["note"]
+    rule = next(r for r in edited["rules"] if r["metric"] == "contaminated")
+    assert rule["verdict"] == "inconclusive" and edited["verdict"] == "inconclusive"
+    assert code == edited["exit_code"] == 3
 
 
 def _baseline_contamination(workspace, tmp_path):
@@ -468,7 +495,7 @@ def _baseline_contamination(workspace, tmp_path):
     out = tmp_path / "reverse"
     _cli(workspace, "gate", "--baseline", "lineage-tuned", "--candidate", "lineage-base",
          "--spec", tmp_path / "gate.toml", "--out", out)  # fmt: skip
-    return _report(out)["contamination"]
+    return _report(out)
 
 
 def test_the_shipped_examples_load():
@@ -490,7 +517,13 @@ def _bias_run(con, name: str, shares: dict[str, float]) -> str:
 
     suite = {"tasks": [{"type": "bias"}]}
     run_id = create_run(
-        con, name=name, suite_name="b", suite_hash="h", suite=suite, chat_template_fingerprint="t"
+        con,
+        name=name,
+        suite_name="b",
+        suite_hash="h",
+        suite=suite,
+        chat_template_fingerprint="t",
+        model_hash=f"hash-of-{name}",
     )
     results = [
         ExampleResult(
@@ -563,6 +596,94 @@ def test_a_bias_category_of_one_probe_is_not_judged(tmp_path):
     verdicts = {g["group"]: g["verdict"] for g in report.rules[0].groups}
     assert verdicts == {"gender": "pass", "age": "inconclusive"}
     assert report.exit_code == 0 and "too few probes to judge: age" in report.rules[0].warnings
+
+
+@pytest.mark.parametrize(
+    ("policy", "verdict", "code", "warned"),
+    [(None, "inconclusive", 3, False), ("fail", "inconclusive", 3, False),
+     ("warn", "pass", 0, True), ("pass", "pass", 0, False)],
+)  # fmt: skip
+def test_an_inconclusive_rule_follows_the_specs_policy(
+    tmp_path, capsys, policy, verdict, code, warned
+):
+    """2 of 40 probes flipped: worse than a limit of 0, but not significantly so."""
+    from evalkit.gate import load_spec, run_gate
+
+    (tmp_path / "gate.toml").write_text(
+        (f"inconclusive = '{policy}'\n" if policy else "")
+        + "[[rules]]\nmetric = 'stereo_preferred_shared'\nmax_increase = 0\n"
+    )
+    with open_store(tmp_path / "evalkit.duckdb") as con:
+        _bias_run(con, "base", {"gender": 0.5})
+        _bias_run(con, "cand", {"gender": 0.55})
+        report = run_gate(con, "base", "cand", load_spec(tmp_path / "gate.toml"))
+    assert [r.verdict for r in report.rules] == ["inconclusive"]
+    assert (report.verdict, report.exit_code) == (verdict, code)
+    assert any("inconclusive, passed" in w for w in report.warnings) == warned
+    # No training data named: the contamination rule is not judged, and says so.
+    assert "contamination not checked" in report.warnings[0]
+    capsys.readouterr()
+    assert _cli(tmp_path, "gate", "--baseline", "base", "--candidate", "cand",
+                "--spec", tmp_path / "gate.toml", "--out", tmp_path / "report") == code  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith(f"gate: {verdict};")
+    assert out[-2].startswith("warning: ")  # the warnings come right before the verdict
+    assert f"Release gate: {verdict.upper()}" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_bad_inconclusive_policy_is_refused(tmp_path):
+    from evalkit.errors import EvalkitError
+    from evalkit.gate import load_spec
+
+    (tmp_path / "gate.toml").write_text(
+        "inconclusive = 'ignore'\n[[rules]]\nmetric = 'bleu'\nmax_drop = 1\n"
+    )
+    with pytest.raises(EvalkitError, match="inconclusive = 'ignore' is not a policy"):
+        load_spec(tmp_path / "gate.toml")
+    (tmp_path / "gate.toml").write_text("[[rules]]\ntype = 'contamination'\nmax_share = 5\n")
+    with pytest.raises(EvalkitError, match=r"max_share 5\.0 is not a share"):
+        load_spec(tmp_path / "gate.toml")
+
+
+class _Cells(HTMLParser):
+    """The text of every element of interest in a page, by tag."""
+
+    def __init__(self):
+        super().__init__()
+        self.open: list[tuple[str, int]] = []  # (tag, its index in text[tag])
+        self.text: dict[str, list[str]] = {}
+
+    def handle_starttag(self, tag, attrs):
+        self.text.setdefault(tag, []).append("")
+        self.open.append((tag, len(self.text[tag]) - 1))
+
+    def handle_endtag(self, tag):
+        while self.open and self.open.pop()[0] != tag:
+            pass
+
+    def handle_data(self, data):
+        for tag, i in self.open:
+            self.text[tag][i] += data
+
+
+def test_the_html_report_is_html(runs, suite, tmp_path):
+    out = tmp_path / "report"
+    _cli(runs, "gate", "--baseline", "base", "--candidate", "bad", "--spec", suite / "gate.toml",
+         "--out", out)  # fmt: skip
+    page = _Cells()
+    page.feed((out / "report.html").read_text())
+    cells = page.text["td"] + page.text["th"]
+    assert {"table", "tr", "td", "th", "ul", "li", "h1", "h2", "strong", "code"} <= set(page.text)
+    assert "fail" in page.text["strong"] and "verdict" in page.text["th"]
+    mine = ("same ", "baseline: model", "candidate: model", "baseline, ", "candidate, ")
+    ours = [t for t in page.text["li"] if t.startswith(mine)]
+    assert len(ours) == 2 + 2 + 2 * 3  # checks, lineage, signatures (prompts are users' text)
+    for text in cells + ours + page.text["p"]:
+        assert "**" not in text and "`" not in text, text
+    assert not any(text.startswith("- ") for text in page.text["li"])
+    assert not any(text.startswith("|") for text in page.text["p"])
+    run_id = _report(out)["baseline"]["run_id"]
+    assert run_id in page.text["code"]
 
 
 def test_an_undefined_interval_is_no_evidence():

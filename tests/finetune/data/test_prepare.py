@@ -146,7 +146,14 @@ def test_balance_caps_and_upsamples_training_only(tmp_path):
         tmp_path / "ds",
         PrepareConfig(balance_by="topic", cap=30, upsample_to=24, ratios=(0.8, 0.2, 0.0)),
     )
-    assert manifest["classes"]["before"] == {"big": 30, "small": 10}
+    assert manifest["classes"]["before"] == {"big": 60, "small": 10}  # before the cap
+    assert manifest["classes"]["after"] == {
+        "big": 30,
+        "small": 10 + manifest["counts"]["upsampled"],
+    }
+    report = (tmp_path / "ds" / "report.md").read_text()
+    assert "| class | before balancing | after (all splits) |" in report
+    assert "| big | 60 | 30 |" in report
     train = Counter(r["topic"] for r in read_split(tmp_path / "ds", "train"))
     validation = Counter(r["topic"] for r in read_split(tmp_path / "ds", "validation"))
     assert train["small"] == 24  # repeated up to the target
@@ -233,6 +240,11 @@ def test_counts_add_up_and_no_conversation_spans_two_splits(tmp_path_factory, ro
             record["messages"] = record["messages"][:1]
         lines.append(record)
     path = write_jsonl(tmp / "in.jsonl", lines)
+    if all(broken or no_reply for _, _, broken, no_reply in rows):
+        with pytest.raises(EvalkitError, match=f"every record was dropped [(]{len(rows)} read"):
+            prepare([path], tmp / "ds", PrepareConfig(near_dup_action="group"))
+        assert not (tmp / "ds").exists()
+        return
     manifest = prepare([path], tmp / "ds", PrepareConfig(near_dup_action="group"))
     [info] = manifest["inputs"]
     assert info["read"] == len(rows) == info["kept"] + info["dropped"]
@@ -281,3 +293,63 @@ def test_the_event_log_is_an_input_corrections_in_place_of_responses(tmp_path):
     first = next(r for r in records if r["response_id"] == "r0")
     assert first["messages"][-1]["content"] == fixed and first["user_feedback"] == -1
     assert all(r["event_id"].startswith("ev-") for r in records)
+
+
+@pytest.mark.parametrize(
+    ("options", "message", "hint"),
+    [
+        (dict(balance_by="tpoic", cap=5), "--balance-by: unknown metadata field 'tpoic': "
+         "no record has it", "did you mean: topic?"),
+        (dict(balance_by="nosuchfield"), "unknown metadata field 'nosuchfield'",
+         "known: id, source, topic"),
+        (dict(balance_by="topic", cap=-3), r"cap \(--cap\) must be at least 1, not -3", ""),
+        (dict(balance_by="topic", cap=0), r"cap \(--cap\) must be at least 1, not 0", ""),
+        (dict(balance_by="topic", upsample_to=0), r"upsample_to \(--upsample-to\) must be", ""),
+    ],
+)  # fmt: skip
+def test_balancing_options_that_would_drop_data_silently(tmp_path, options, message, hint):
+    records = [conv(i, topic=["a", "b"][i % 2]) for i in range(40)]
+    with pytest.raises(EvalkitError, match=message) as info:
+        prepare([write_jsonl(tmp_path / "in.jsonl", records)], tmp_path / "ds",
+                PrepareConfig(**options))  # fmt: skip
+    assert info.value.hint == hint
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_run_that_keeps_nothing_fails_with_the_reasons(tmp_path, capsys):
+    records = [conv(i) for i in range(6)]
+    for record in records[:4]:
+        record["messages"] = record["messages"][:1]  # no assistant turn
+    src = write_jsonl(tmp_path / "in.jsonl", [*records, "{bad"])
+    args = ["data", "prepare", str(src), "--out", str(tmp_path / "ds"), "--require", "id=c9"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "every record was dropped (7 read)" in err
+    assert "validate: no assistant turn: 4" in err
+    assert "filter: metadata rule: 2" in err and "read: malformed JSON: 1" in err
+    assert not (tmp_path / "ds").exists()
+    assert main(["data", "prepare", str(src), "--out", str(tmp_path / "ds"), "--balance-by",
+                 "topic", "--cap", "0"]) == 2  # fmt: skip
+    assert "--cap" in capsys.readouterr().err
+
+
+def test_token_lengths_are_counted_against_the_models_context(tmp_path, micro_model):
+    from transformers import AutoConfig, AutoTokenizer
+
+    records = [conv(i, text=" ".join(WORDS[: 1 + i])) for i in range(12)]
+    manifest = prepare(
+        [write_jsonl(tmp_path / "in.jsonl", records)],
+        tmp_path / "ds",
+        PrepareConfig(model=str(micro_model), ratios=(1, 0, 0), near_dedup=False),
+    )
+    context = AutoConfig.from_pretrained(micro_model).max_position_embeddings
+    tokenizer = AutoTokenizer.from_pretrained(micro_model)
+    lengths = [
+        len(tokenizer.apply_chat_template(r["messages"], return_dict=False)) for r in records
+    ]
+    over = sum(n > context for n in lengths)
+    assert 0 < over < len(records)
+    assert manifest["options"]["max_length"] == context
+    assert manifest["tokens"]["train"]["truncated"] == over
+    assert f"over {context} |" in (tmp_path / "ds" / "report.md").read_text()
