@@ -71,7 +71,7 @@ for model, feature in sorted({(r["model"], r["feature"]) for r in results}):
         area = alt.Chart(pd.DataFrame(shaded)).mark_rect(opacity=0.2, color="red")
         layers.insert(0, area.encode(x="start:T", x2="end:T"))
     st.markdown(f"**{model} · {feature}** ({rows[0]['statistic']})")
-    st.altair_chart(alt.layer(*layers), use_container_width=True)
+    st.altair_chart(alt.layer(*layers), width="stretch")
 
 st.subheader("Drifted prompts")
 size = st.number_input("Sample size", min_value=1, max_value=500, value=20)

@@ -44,7 +44,7 @@ def compare_view(baseline: str, candidate: str) -> None:
     st.dataframe(
         rows, hide_index=True, column_order=[k for k in rows[0] if k not in ("low", "high", "name")]
     )
-    st.altair_chart(interval_chart(rows, "name"), use_container_width=True)
+    st.altair_chart(interval_chart(rows, "name"), width="stretch")
     names = [row["name"] for row in rows]
     by = st.selectbox("Per slice of", ["(no slice)", *fields])
     if by != "(no slice)":
@@ -64,7 +64,7 @@ def compare_view(baseline: str, candidate: str) -> None:
             .mark_bar()
             .encode(x=alt.X(f"{by}:N"), y=alt.Y("difference:Q", title="candidate - baseline"))
             + alt.Chart(pd.DataFrame(bars)).mark_rule().encode(x=f"{by}:N", y="low:Q", y2="high:Q"),
-            use_container_width=True,
+            width="stretch",
         )
     shown = st.selectbox("Worst examples by", names, key="worst_metric")
     task, metric = shown.split(" · ")

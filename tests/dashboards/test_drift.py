@@ -81,7 +81,7 @@ def test_the_drift_page_shows_alerts_traffic_and_shaded_statistics(drifted):
     assert not at.exception and not at.error
     assert "from the store" in at.caption[0].value
     firing = at.dataframe[0].value
-    assert list(firing["feature"]) == ["latency_s"] and list(firing["alert"]) == ["EvalkitDrift"]
+    assert list(firing["feature"]) == ["latency_s"] and list(firing["model"]) == ["m"]
     specs = charts(at)
     assert len(specs) == 3  # requests, latency, one drift statistic
     drift, data = specs[2]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from dashboards.retrain import build_training_set, jobs
 from evalkit.accounts import Account, NotAllowed
 from evalkit.gate.report import REPORTS_SCHEMA
 from evalkit.rating.annotate import claim, send
@@ -16,7 +17,6 @@ from evalkit.rating.queue import Item
 from evalkit.rating.rubric import Rating, load_rubric
 from evalkit.results import create_run, finish_run
 from evalkit.store import open_store
-from finetune.retrain import build_training_set, jobs
 from monitor.events import EventLog, make_event
 
 from .conftest import page, queue, rows

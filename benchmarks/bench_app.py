@@ -1,0 +1,168 @@
+"""The Rate page under load: submit → next item rendered in the browser, with several
+annotators rating at once on one `evalkit app` server.
+
+Each annotator is a separate browser session (headless system Chromium, Playwright); each
+scores an item by keyboard (4, 5, 3, each waited for on screen), then presses Enter, and the
+time from Enter to the next item's question on screen is one sample. The target is a p95 of at
+most 300 ms with 8 annotators over at least 200 items; the ratings are counted in DuckDB after.
+
+    .venv/bin/python benchmarks/bench_app.py [--annotators 8] [--items 200] [--chromium PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+
+from playwright.async_api import TimeoutError, async_playwright
+
+from evalkit.accounts import create_account
+from evalkit.rating.queue import Item, add_items
+from evalkit.store import open_store
+from evalkit.workspace import ENV_VAR, open_workspace
+
+PASSWORD = "a long enough passphrase"
+TARGET_MS = 300.0
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare(root: Path, annotators: int, items: int):
+    ws = open_workspace(root)
+    with open_store(ws.store_path) as con:
+        for n in range(annotators):
+            create_account(con, f"ann{n}", PASSWORD, "annotator")
+        add_items(
+            con,
+            [
+                Item(
+                    "single",
+                    [{"role": "user", "content": f"question {i}"}],
+                    f"answer {i}",
+                    {"i": i},
+                )
+                for i in range(items)
+            ],
+        )
+    return ws
+
+
+def start_server(ws, port: int, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "evalkit.cli", "app", "--port", str(port)]
+    env = {**os.environ, ENV_VAR: str(ws.root)}
+    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"the app did not start: {log.read_text()[-2000:]}")
+
+
+QUESTION = "() => document.querySelector('[data-testid=stChatMessage]')?.innerText ?? ''"
+SCORED = (
+    "n => [...document.querySelectorAll('[data-testid=stMarkdown]')]"
+    ".filter(e => e.innerText.includes('✓')).length === n"
+)
+
+
+async def annotator(browser, url, name: str, quota: int, samples: list, dropped: list) -> None:
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    await page.goto(url)
+    await page.get_by_label("Name", exact=True).fill(name)
+    await page.get_by_label("Password", exact=True).fill(PASSWORD)
+    await page.keyboard.press("Enter")
+    await page.get_by_role("heading", name="Rate").wait_for()
+    await page.wait_for_function(f"() => ({QUESTION})() !== ''")
+    for _ in range(quota):
+        question = await page.evaluate(QUESTION)
+        for count, key in enumerate("453", 1):
+            for _ in range(5):  # a key the page dropped (see README) is pressed again
+                await page.keyboard.press(key)
+                try:
+                    await page.wait_for_function(SCORED, arg=count, timeout=5000)
+                    break
+                except TimeoutError:
+                    dropped.append(key)
+        started = time.perf_counter()
+        await page.keyboard.press("Enter")
+        await page.wait_for_function(
+            f"q => {{ const t = ({QUESTION})(); return t !== '' && t !== q; }}",
+            arg=question,
+            polling="raf",
+        )
+        samples.append((time.perf_counter() - started) * 1000)
+    await context.close()
+
+
+async def rate_all(chromium: str, url: str, annotators: int, quota: int) -> list[float]:
+    samples: list[float] = []
+    dropped: list[str] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, headless=True)
+        await asyncio.gather(
+            *(
+                annotator(browser, url, f"ann{n}", quota, samples, dropped)
+                for n in range(annotators)
+            )
+        )
+        await browser.close()
+    print(f"score keys pressed again after 5 s without effect: {len(dropped)}")
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--annotators", type=int, default=8)
+    parser.add_argument("--items", type=int, default=200, help="ratings to time, at least")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+    quota = -(-args.items // args.annotators)
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = prepare(Path(tmp) / "ws", args.annotators, quota * args.annotators + args.annotators)
+        port = free_port()
+        server = start_server(ws, port, Path(tmp) / "server.log")
+        try:
+            started = time.perf_counter()
+            samples = asyncio.run(
+                rate_all(args.chromium, f"http://127.0.0.1:{port}", args.annotators, quota)
+            )
+            elapsed = time.perf_counter() - started
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        with open_store(ws.store_path) as con:
+            (stored,) = con.execute("SELECT count(*) FROM ratings").fetchone()
+    samples.sort()
+    p95 = samples[min(len(samples) - 1, round(0.95 * len(samples)) - 1)]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(f"{args.annotators} annotators, {len(samples)} items timed, {stored} ratings in DuckDB, "
+          f"{elapsed:.0f} s")  # fmt: skip
+    print(
+        f"submit -> next item rendered: p50 {statistics.median(samples):.0f} ms, "
+        f"p95 {p95:.0f} ms, max {samples[-1]:.0f} ms; target p95 <= {TARGET_MS:.0f} ms "
+        f"({p95 / TARGET_MS:.2f}x the target)"
+    )
+
+
+if __name__ == "__main__":
+    main()
