@@ -38,7 +38,7 @@ from monitor.drift.features import CATEGORICAL, FEATURES, MISSING, NUMERIC, Fram
 PSI_THRESHOLD = 0.2
 JS_THRESHOLD = 0.1
 MMD_THRESHOLD = 0.03
-MMD_SAMPLES = 2000  # events per side in the MMD test (seeded subsample beyond)
+MMD_SAMPLES = 1000  # events per side in the MMD test (seeded subsample beyond)
 STATISTICS = {**dict.fromkeys(NUMERIC, "psi"), **dict.fromkeys(CATEGORICAL, "jensen_shannon")}
 STATISTICS["prompt_embedding"] = "mmd2"
 CORRECTIONS = ("holm", "bh")

@@ -12,6 +12,7 @@ a window of current values is judged in O(m log n) for m current and n reference
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -287,6 +288,21 @@ def median_bandwidth(x: np.ndarray, seed: int = 0, sample: int = 1000) -> float:
     return bandwidth
 
 
+@functools.lru_cache(maxsize=8)
+def _labellings(n_r: int, n_c: int, n_permutations: int, seed: int) -> np.ndarray:
+    """Row 0 weighs the true labelling: +1/n_r on reference rows, -1/n_c on current ones, so
+    ``labellings @ pooled`` gives the difference of the means; the other rows are seeded
+    relabellings. They do not depend on the data, so tests of the same sizes (a detector's
+    windows) share them and each stays a valid permutation test; drawing them once per size
+    is what makes a backtest of a thousand windows affordable."""
+    rng = np.random.default_rng([seed, n_r, n_c])
+    weights = np.concatenate([np.full(n_r, 1 / n_r), np.full(n_c, -1 / n_c)]).astype(np.float32)
+    labellings = np.tile(weights, (n_permutations + 1, 1))
+    labellings[1:] = rng.permuted(labellings[1:], axis=1)
+    labellings.setflags(write=False)
+    return labellings
+
+
 def mmd(
     reference_z: np.ndarray,
     current_z: np.ndarray,
@@ -299,8 +315,9 @@ def mmd(
     MMD^2 = |mean(Zr) - mean(Zc)|^2: the biased (V-statistic) estimate of the Gaussian-kernel
     MMD^2 that ``rff_map`` approximates, linear in the sample sizes. The p-value is
     ``(1 + #{permuted >= observed}) / (1 + n_permutations)`` over random relabellings of the
-    pooled rows, all computed in one matrix product. Samples above ``max_samples`` rows are
-    subsampled; everything random is drawn from ``seed``.
+    pooled rows (drawn once per sizes and seed, see ``_labellings``), all computed in one
+    matrix product. Samples above ``max_samples`` rows are subsampled; everything random is
+    drawn from ``seed``.
     """
     rng = np.random.default_rng(seed)
     samples = []
@@ -316,12 +333,7 @@ def mmd(
         raise ValueError(f"mmd: {zr.shape[1]} reference features but {zc.shape[1]} current")
     if n_permutations < 1:
         raise ValueError(f"mmd: n_permutations must be 1 or more, got {n_permutations}")
-    # Row 0 weighs the true labelling: +1/n_r on reference rows, -1/n_c on current ones, so
-    # weights @ pooled is the difference of the means; the other rows are relabellings.
-    n_r, n_c = zr.shape[0], zc.shape[0]
-    weights = np.concatenate([np.full(n_r, 1 / n_r), np.full(n_c, -1 / n_c)]).astype(np.float32)
-    labellings = np.tile(weights, (n_permutations + 1, 1))
-    labellings[1:] = rng.permuted(labellings[1:], axis=1)
+    labellings = _labellings(zr.shape[0], zc.shape[0], n_permutations, seed)
     gaps = (labellings @ np.concatenate([zr, zc])).astype(np.float64)
     statistics = np.einsum("ij,ij->i", gaps, gaps)
     p = (1 + np.count_nonzero(statistics[1:] >= statistics[0])) / (1 + n_permutations)
