@@ -16,6 +16,7 @@ from evalkit.rating.annotate import (
     PAIR_KEYS,
     SKIP_REASONS,
     Outbox,
+    Presses,
     claim,
     correction_diff,
     load_draft,
@@ -30,6 +31,7 @@ account = guard(PAGE)
 rubric = st.cache_resource(load_rubric)()
 state = st.session_state
 state.setdefault("outbox", Outbox())
+state.setdefault("presses", Presses())
 
 
 def shown_ms() -> int:
@@ -39,6 +41,7 @@ def shown_ms() -> int:
 def on_key(key: str) -> None:
     """A key (or its button): change the draft, or queue the rating it sends."""
     draft = state.draft
+    state.presses.note(key, draft, state.outbox)
     try:
         rating = draft.press(key, state.kind, rubric)
     except EvalkitError as exc:
@@ -124,6 +127,18 @@ def draw_keys(item, draft) -> None:
 
 @st.fragment
 def desk() -> None:
+    """The item and its keys; the keys pressed since the last run are settled first (their
+    callbacks ran before this)."""
+    state.draft, refusal = state.presses.settle(state.get("draft"), state.outbox, time.monotonic())
+    if refusal:
+        state.message = refusal
+    try:
+        draw_desk()
+    finally:
+        state.presses.drawn(time.monotonic())
+
+
+def draw_desk() -> None:
     try:
         with store() as con:
             refusals = state.outbox.flush(con, account, rubric=rubric, page=PAGE)

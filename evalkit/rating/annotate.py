@@ -4,11 +4,13 @@ An annotator's work is: claim an item (the queue leases it, so a reload gets it 
 :class:`Draft` key by key (saved in the store, so a reload keeps it), and send it as a rating.
 Sending checks the account's role and audits the write. A rating the store cannot take now (a
 lock held by another process) waits in an :class:`Outbox` kept in the app's session and is sent
-again before anything else, so nothing typed is lost.
+again before anything else, so nothing typed is lost. Keys that reach the page too fast to know
+their order are refused by :class:`Presses`, never applied in a guessed order.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 from dataclasses import asdict, dataclass, field
@@ -230,6 +232,54 @@ class Outbox:
                 refusals.append(exc.message)
             self.kept.pop(0)
         return refusals
+
+
+TOO_FAST = "keys came too fast to know their order ({keys}): press them again"
+QUIET_S = 1.0  # a person reads a refusal for longer than this before pressing again
+
+
+@dataclass
+class Presses:
+    """The keys that reached the Rate page since its desk last ran, so that keys whose order is
+    unknown are refused instead of applied in a guessed order.
+
+    Streamlit merges the keys pressed while the page is still answering into one rerun, and runs
+    their buttons' callbacks in page order, not press order (4, 5, 3 would score 4, 3, 5). So
+    when more than one key arrives in one run, :meth:`settle` puts the draft and the outbox back
+    as they were before them and says so. The keys that follow until the refusal has been on
+    screen for :data:`QUIET_S` were typed in the same burst, before it could be read: they are
+    refused too. The draft is thus always the keys pressed, in order, up to the first refused.
+    """
+
+    keys: list[str] = field(default_factory=list)
+    before: Draft | None = None  # the draft before the first of ``keys``
+    kept: int = 0  # how many ratings the outbox held before them
+    refusing: bool = False  # the last keys were refused
+    quiet_at: float = 0.0  # keys are taken again from this time (``time.monotonic``)
+
+    def note(self, key: str, draft: Draft, outbox: Outbox) -> None:
+        """Note a key before it changes ``draft`` (or puts a rating in ``outbox``)."""
+        if not self.keys:
+            self.before = copy.deepcopy(draft)
+            self.kept = len(outbox.kept)
+        self.keys.append(key)
+
+    def settle(self, draft: Draft, outbox: Outbox, now: float) -> tuple[Draft, str | None]:
+        """The draft to keep once this run's keys are applied, and why they were refused (None:
+        taken). Refusing drops the ratings they put in ``outbox``."""
+        keys, self.keys = self.keys, []
+        if not keys:
+            return draft, None
+        self.refusing = len(keys) > 1 or (self.refusing and now < self.quiet_at)
+        if not self.refusing:
+            return draft, None
+        del outbox.kept[self.kept :]
+        return self.before, TOO_FAST.format(keys=", ".join(keys))
+
+    def drawn(self, now: float) -> None:
+        """The desk is drawn: a refusal is on screen from ``now``."""
+        if self.refusing:
+            self.quiet_at = now + QUIET_S
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from contextlib import closing
 
 import pytest
 
+from evalkit.rating.annotate import QUIET_S
 from evalkit.store import open_store
 from tests.conftest import binary_or_skip
 
@@ -92,6 +93,12 @@ def scored(page) -> int:
     return page.get_by_test_id("stMarkdown").filter(has_text="✓").count()
 
 
+def shown_scores(page) -> list[int]:
+    """The scores shown, in rubric order (the anchor line marked ✓ of each scored dimension)."""
+    marked = page.get_by_test_id("stMarkdown").filter(has_text="✓").all_inner_texts()
+    return [int(next(x for x in m.splitlines() if "✓" in x).split("·")[0]) for m in marked]
+
+
 def shown_question(page) -> str:
     return page.get_by_test_id("stChatMessage").first.inner_text()
 
@@ -130,6 +137,28 @@ def test_rating_in_the_browser(workspace, server, browser, tmp_path, capsys):
         wait_until(lambda n=n: done_today(page) == str(2 + n), f"rating {n + 1} to be counted")
         wait_until(lambda q=question: shown_question(page) != q, "the next item")
 
+    # Three keys with no wait. Keys that reach the page in one run cannot be ordered: they are
+    # refused with a message, never applied in a guessed order; what is taken is always the
+    # keys pressed, in order, up to the first refused. Then the rest is pressed again.
+    question = shown_question(page)
+    keys = ("4", "5", "3")
+    for key in keys:
+        page.keyboard.press(key)
+    too_fast = page.get_by_text("keys came too fast to know their order")
+    wait_until(lambda: scored(page) == 3 or too_fast.count(), "the keys to be taken or refused")
+    time.sleep(QUIET_S + 3)  # the keys still on their way land, and the refusal is read
+    taken = shown_scores(page)
+    assert taken == [4, 5, 3] or (too_fast.count() and taken == [4, 5, 3][: len(taken)]), taken
+    for count, key in enumerate(keys[len(taken) :], len(taken) + 1):
+        page.keyboard.press(key)
+        wait_until(lambda count=count: scored(page) == count, f"score {count} to show again")
+    assert shown_scores(page) == [4, 5, 3] and not too_fast.count()
+    page.keyboard.press("Enter")
+    wait_until(lambda: done_today(page) == "5", "the fast-typed rating to be counted")
+    wait_until(lambda q=question: shown_question(page) != q, "the next item")
+    with capsys.disabled():
+        print(f"\nthree keys with no wait: {len(taken)} taken at once, the rest pressed again")
+
     # Midway through an item, reload: the same item and its draft come back.
     question = shown_question(page)
     page.keyboard.press("2")
@@ -159,6 +188,6 @@ def test_rating_in_the_browser(workspace, server, browser, tmp_path, capsys):
     assert got[0] == (None, "a corrected answer")
     assert [json.loads(s) for s, _ in got[1:]] == [
         {"helpfulness": 4, "correctness": 5, "harmlessness": 3}
-    ] * 3
+    ] * 4
     assert json.loads(draft)["scores"] == {"helpfulness": 2}
     assert os.listdir(shots)

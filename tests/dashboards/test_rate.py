@@ -37,6 +37,23 @@ def test_an_annotator_rates_by_keys_and_the_rating_is_stored(workspace):
     ]
 
 
+def test_keys_merged_into_one_run_are_refused_and_the_draft_kept(workspace):
+    queue(workspace, [item(1)])
+    at = press(sign_in("ann"), "4")
+    # Two keys reach the page in one run, as fast typing makes Streamlit merge them.
+    at.button(key="key-5").click()
+    at.button(key="key-3").click()
+    at.run()
+    assert [e.value for e in at.error] == [
+        "keys came too fast to know their order (3, 5): press them again"
+    ]
+    assert at.session_state["draft"].scores == {"helpfulness": 4}
+    assert rows(workspace, "SELECT json_extract(draft, '$.scores') FROM rating_drafts") == [
+        ('{"helpfulness":4}',)
+    ]
+    assert sum("✓" in m.value for m in at.markdown) == 1
+
+
 def test_the_pair_is_shown_in_the_recorded_order_and_the_choice_stored(workspace):
     queue(workspace, [item(1, "pair")])
     at = press(sign_in("ann"), "B")

@@ -7,9 +7,11 @@ import pytest
 from evalkit.accounts import Account, NotAllowed, audit_log
 from evalkit.errors import EvalkitError
 from evalkit.rating.annotate import (
+    QUIET_S,
     SKIP_REASONS,
     Draft,
     Outbox,
+    Presses,
     Progress,
     claim,
     correction_diff,
@@ -46,6 +48,53 @@ def test_digits_score_the_dimensions_in_rubric_order_and_enter_sends():
         assert draft.press(key, "single", RUBRIC) is None
     assert draft.scores == {"helpfulness": 4, "correctness": 5, "harmlessness": 3}
     assert draft.press("Enter", "single", RUBRIC) == Rating(scores=draft.scores)
+
+
+def _run(presses, draft, outbox, keys, now):
+    """One rerun of the page: each key's callback (in the order given), then the desk."""
+    for key in keys:
+        presses.note(key, draft, outbox)
+        rating = draft.press(key, "single", RUBRIC)
+        if rating is not None:
+            outbox.put(draft.item_id, rating)
+    draft, refusal = presses.settle(draft, outbox, now)
+    presses.drawn(now)
+    return draft, refusal
+
+
+def test_keys_of_one_run_each_are_taken_in_order():
+    presses, draft, outbox = Presses(), Draft("i"), Outbox()
+    for n, key in enumerate(("4", "5", "3", "Enter")):
+        draft, refusal = _run(presses, draft, outbox, [key], now=n * 0.01)
+        assert refusal is None
+    assert [k.rating for k in outbox.kept] == [
+        Rating(scores={"helpfulness": 4, "correctness": 5, "harmlessness": 3})
+    ]
+
+
+def test_keys_merged_into_one_run_are_refused_and_the_draft_kept_as_before():
+    presses, draft, outbox = Presses(), Draft("i"), Outbox()
+    draft, _ = _run(presses, draft, outbox, ["4"], now=0)
+    # 5 then 3 pressed at once: the page runs their callbacks in page order, 3 before 5.
+    draft, refusal = _run(presses, draft, outbox, ["3", "5"], now=0.1)
+    assert refusal == "keys came too fast to know their order (3, 5): press them again"
+    assert draft.scores == {"helpfulness": 4}
+    # A key of the same burst, before the refusal could be read, is refused too...
+    draft, refusal = _run(presses, draft, outbox, ["2"], now=0.1 + QUIET_S / 2)
+    assert refusal and draft.scores == {"helpfulness": 4}
+    # ...and one pressed once it has been on screen a while is taken.
+    later = 0.1 + QUIET_S / 2 + QUIET_S + 0.01
+    draft, refusal = _run(presses, draft, outbox, ["5"], now=later)
+    assert refusal is None and draft.scores == {"helpfulness": 4, "correctness": 5}
+
+
+def test_a_rating_sent_by_merged_keys_is_taken_back():
+    presses, draft, outbox = Presses(), Draft("i"), Outbox()
+    for n, key in enumerate(("4", "5")):
+        draft, _ = _run(presses, draft, outbox, [key], now=n)
+    draft, refusal = _run(presses, draft, outbox, ["3", "Enter"], now=2)
+    assert refusal and not outbox.kept
+    assert draft.scores == {"helpfulness": 4, "correctness": 5} and not draft.skipping
 
 
 def test_enter_on_an_unfinished_draft_says_what_is_missing():
