@@ -13,11 +13,14 @@ cannot be judged and is left out with a note.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from evalkit.errors import EvalkitError
 
@@ -45,7 +48,7 @@ class Frame:
     """The features of events in time order: one array per feature, one entry per event;
     a missing value is NaN (numeric) or :data:`MISSING` (categorical)."""
 
-    event_ids: np.ndarray  # object
+    event_ids: object  # a pyarrow string array
     timestamps: np.ndarray  # int64 microseconds since the epoch, non-decreasing
     numeric: dict[str, np.ndarray] = field(default_factory=dict)  # float64, NaN when missing
     categorical: dict[str, np.ndarray] = field(default_factory=dict)  # object
@@ -73,13 +76,13 @@ def _source_sql(columns: set[str]) -> str:
         f"lower(left({response}, 80)), '{REFUSAL_SQL}') THEN 1.0 ELSE 0.0 END"
     )
     is_exchange = "coalesce(type, 'exchange') = 'exchange'" if "type" in columns else "true"
-    if "type" in columns and "response_id" in columns:
-        feedback = (
-            "(SELECT min(f.user_feedback) FROM events f WHERE f.type = 'feedback' "
-            "AND f.response_id = e.response_id)"
+    join = ""
+    if {"type", "response_id", "user_feedback"} <= columns:  # the log: feedback rows apart
+        join = (
+            "LEFT JOIN (SELECT response_id AS fid, min(user_feedback) AS fb FROM events "
+            "WHERE type = 'feedback' GROUP BY response_id) f ON f.fid = e.response_id"
         )
-        if "user_feedback" in columns:
-            feedback = f"coalesce({feedback}, e.user_feedback)"
+        feedback = "coalesce(f.fb, e.user_feedback)"
     elif "user_feedback" in columns:
         feedback = col("user_feedback", "INTEGER")
     else:
@@ -104,9 +107,8 @@ def _source_sql(columns: set[str]) -> str:
                coalesce({col("finish_reason", "VARCHAR")}, '') AS finish_reason,
                {feedback_kind} AS feedback,
                {text} AS text
-        FROM events e
-        WHERE {is_exchange} {status}
-        ORDER BY ts, event_id"""
+        FROM events e {join}
+        WHERE {is_exchange} {status}"""
 
 
 def read_frame(
@@ -114,32 +116,38 @@ def read_frame(
 ) -> Frame:
     """The features of the exchanges in the view ``events`` of ``con`` (DuckDB) that pass
     ``where`` (over the feature columns and ``model``, e.g. ``ts >= ?``), only the ``last`` ones
-    if given. Refused and failed requests (a 4xx
-    or 5xx status) are not traffic the model answered, and are left out."""
+    if given. Refused and failed requests (a 4xx or 5xx status) are not traffic the model
+    answered, and are left out."""
     columns = {row[0] for row in con.execute("DESCRIBE events").fetchall()}
     if "timestamp" not in columns:
         raise EvalkitError("the events have no timestamp column", hint="map one with --map")
     sql = f"SELECT * FROM ({_source_sql(columns)}) WHERE {where}"
-    if last is not None:
-        sql = f"SELECT * FROM ({sql} ORDER BY ts DESC, event_id DESC LIMIT {int(last)}) "
-        sql += "ORDER BY ts, event_id"
+    skip = 0
+    if last is not None:  # one sort: count, then skip all but the last ones
+        total = con.execute(f"SELECT count(*) FROM ({sql})", params or []).fetchall()[0][0]
+        skip = max(total - int(last), 0)
+    sql += f" ORDER BY ts, event_id OFFSET {skip}"
     table = con.sql(sql, params=params or None).to_arrow_table()
-    texts = table.column("text").fill_null("")
-    import pyarrow.compute as pc
-
-    encoded = pc.dictionary_encode(texts).combine_chunks()
+    text = pc.dictionary_encode(table.column("text").fill_null("")).combine_chunks()
     return Frame(
-        event_ids=table.column("event_id").to_numpy(zero_copy_only=False),
+        event_ids=table.column("event_id").combine_chunks(),  # strings made only when needed
         timestamps=table.column("ts").fill_null(0).to_numpy().astype(np.int64),
         numeric={
-            n: table.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in NUMERIC
+            n: pc.fill_null(table.column(n).cast(pa.float64()), math.nan)
+            .combine_chunks()
+            .to_numpy()
+            for n in NUMERIC
         },
-        categorical={
-            n: table.column(n).to_numpy(zero_copy_only=False) for n in ("finish_reason", "feedback")
-        },
-        text_index=encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-        texts=encoded.dictionary.to_pylist(),
+        categorical={n: _objects(table.column(n)) for n in ("finish_reason", "feedback")},
+        text_index=text.indices.to_numpy().astype(np.int64),
+        texts=text.dictionary.to_pylist(),
     )
+
+
+def _objects(column) -> np.ndarray:
+    """A string column as an object array that shares one str per distinct value."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    return np.asarray(encoded.dictionary.to_pylist(), dtype=object)[encoded.indices.to_numpy()]
 
 
 def add_topics(frame: Frame, embed: Callable, topics) -> np.ndarray:

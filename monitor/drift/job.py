@@ -260,12 +260,12 @@ def write_flags(events_dir: Path, result: Pass) -> int:
     drifted = result.window.drifted
     if not drifted:
         return 0
-    ids = [str(i) for i in result.frame.event_ids]
+    ids, n = result.frame.event_ids, len(result.frame)
     table = pa.table(
         {
-            "event_id": ids * len(drifted),
-            "feature": [f for f in drifted for _ in ids],
-            "judged_at": pa.array([result.judged_at] * len(ids) * len(drifted)),
+            "event_id": pa.concat_arrays([ids] * len(drifted)),
+            "feature": pa.array(np.repeat(drifted, n)),
+            "judged_at": pa.array(np.full(n * len(drifted), result.judged_at)),
         }
     )
     folder = flags_dir(events_dir)
@@ -273,7 +273,7 @@ def write_flags(events_dir: Path, result: Pass) -> int:
     name = f"{result.judged_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
     pq.write_table(table, folder / f".{name}.tmp")
     (folder / f".{name}.tmp").rename(folder / name)
-    return len(ids)
+    return n
 
 
 class DriftJob:
