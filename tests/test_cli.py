@@ -67,7 +67,7 @@ def test_data_corpus_writes_conversation_jsonl(tmp_path):
 def test_unwritable_workspace_names_the_path(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert main(["--workspace", str(blocker / "ws"), "demo", "--size", "micro"]) == 2
+    assert main(["--workspace", str(blocker / "ws"), "demo", "--quick"]) == 2
     err = capsys.readouterr().err
     assert str(blocker / "ws") in err and "cannot be written" in err
 
@@ -81,14 +81,6 @@ def test_base_model_command_reports_perplexity(micro_workspace, micro_model, cap
     )
     out = capsys.readouterr().out
     assert str(micro_model) in out and "validation perplexity" in out
-
-
-def test_demo_runs_on_the_micro_model(micro_workspace, micro_model, capsys):
-    assert main(["--workspace", str(micro_workspace.root), "demo", "--size", "micro"]) == 0
-    out = capsys.readouterr().out
-    assert "corpus chitchat: 7,168 conversations" in out
-    assert "corpus support:" in out and "validation perplexity" in out
-    assert "dataset: " in out and "dropped with their reasons" in out
 
 
 def test_an_output_path_in_the_way_is_a_message(tmp_path, capsys):

@@ -13,7 +13,8 @@ timestamp       when it happened
 model_version   the served model that answered (string)
 prompt          the conversation sent: JSON of its messages, or plain text (one user turn)
 response        the model's answer (string)
-user_feedback   the user's verdict: -1 bad, 0 neutral, 1 good, or null (integer)
+user_feedback   the user's verdict: -1 bad, 0 neutral, 1 good, or null (integer); the log's
+                feedback rows (``type`` feedback, by ``response_id``) count for their exchange
 drift_flag      set when the drift job flagged the exchange (WORKSPACE/drift/flags, joined by
                 evalkit.events.events_view) or a column of the log itself; may be absent
 ==============  ============================================================================
@@ -234,6 +235,20 @@ def _event_filter(select: str, columns: set[str]) -> str:
     }[select]
 
 
+def _with_feedback(con: duckdb.DuckDBPyConnection) -> str:
+    """A view of the exchanges of ``events``, each with the worst verdict of the feedback rows
+    the server logs apart, keyed by ``response_id`` (or its own, if it has one); its name."""
+    con.execute(
+        """CREATE VIEW exchanges AS
+           SELECT e.* REPLACE (coalesce(f.user_feedback, e.user_feedback) AS user_feedback)
+           FROM events e LEFT JOIN (
+               SELECT response_id, min(user_feedback) AS user_feedback FROM events
+               WHERE type = 'feedback' GROUP BY response_id) f USING (response_id)
+           WHERE coalesce(e.type, 'exchange') = 'exchange'"""
+    )
+    return "exchanges"
+
+
 def items_from_events(
     events_dir: str | Path,
     selection: Selection | None = None,
@@ -269,6 +284,7 @@ def items_from_events(
                 f"no event column {selection.slice_field!r} to slice by",
                 hint=f"columns: {', '.join(sorted(columns))}",
             )
+        view = _with_feedback(con) if {"type", "response_id"} <= columns else "events"
         where = [_event_filter(select, columns), "response IS NOT NULL"]
         params: list = []
         for bound, op in ((since, ">="), (until, "<=")):
@@ -276,7 +292,7 @@ def items_from_events(
                 where.append(f"CAST(date AS DATE) {op} ?")
                 params.append(bound)
         rows = con.execute(
-            f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY event_id", params
+            f"SELECT * FROM {view} WHERE {' AND '.join(where)} ORDER BY event_id", params
         )
         names = [d[0] for d in rows.description]
         records = [dict(zip(names, row)) for row in rows.fetchall()]

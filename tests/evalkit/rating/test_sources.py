@@ -155,3 +155,22 @@ def test_events_without_drift_column_or_files_explain_what_to_do(tmp_path):
 )  # fmt: skip
 def test_as_messages(stored, messages):
     assert as_messages(stored) == messages
+
+
+def test_feedback_logged_apart_counts_for_its_exchange(tmp_path):
+    """The server logs feedback as its own rows keyed by response_id: a thumbs down there makes
+    its exchange low-rated, and the feedback row itself is no item."""
+    from monitor.events import EventLog, make_event
+
+    chat = json.dumps([{"role": "user", "content": "hi"}])
+    log = EventLog(tmp_path / "events")
+    for n, answer in enumerate(["hello", "go away", "hey"]):
+        log.append(
+            make_event(response_id=f"r{n}", model_version="v1", prompt=chat, response=answer)
+        )
+    log.append(make_event(type="feedback", response_id="r1", user_feedback=-1))
+    log.append(make_event(type="feedback", response_id="r2", user_feedback=1))
+    log.close()
+    low = items_from_events(tmp_path / "events", select="low_feedback")
+    assert [i.response_a for i in low] == ["go away"]
+    assert len(items_from_events(tmp_path / "events", select="random")) == 3
