@@ -190,7 +190,7 @@ def test_an_evaluation_run_is_a_reference(workspace, tmp_path, capsys):
                 reference=c["messages"][1]["content"],
                 output="See the FAQ.",
                 scores={},
-            )  # fmt: skip
+            )
             for i, c in enumerate(load_support_faq())
         ]
         add_results(con, run, rows)
