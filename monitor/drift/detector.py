@@ -8,14 +8,15 @@ squared MMD of the prompt embeddings (random Fourier features of a Gaussian kern
 reference's median distance; 0.03 is twice the 99th percentile of MMD² between 50-prompt
 samples of the support FAQ and the rest of it, and a third of support against chit-chat). A
 feature *drifts in a window* when its effect size reaches the threshold **and** its test
-rejects at ``alpha`` after Holm's correction over the features of the window (chi-square for
-categorical features; Kolmogorov-Smirnov for numeric ones and the permutation test for MMD, run
-only when the effect reaches its threshold: a p-value not computed counts as 1, which keeps
-Holm's guarantee). An **alert** fires when a feature drifts in ``hold`` consecutive windows and
-ends at the first window where it does not. Tumbling windows are disjoint samples, so by chance
-alone a feature drifts in a window with probability below ``alpha`` and raises an alert with
-probability below ``alpha ** hold``; the effect threshold makes it rarer still, and a large
-sample can never raise an alert on a difference too small to matter.
+rejects at ``alpha`` after Holm's correction over the features of the window (for categorical
+features chi-square of homogeneity, which counts the reference's own noise; for numeric ones
+Kolmogorov-Smirnov and for MMD the permutation test, run only when the effect reaches its
+threshold: a p-value not computed counts as 1, which keeps Holm's guarantee). An **alert**
+fires when a feature drifts in ``hold`` consecutive windows and ends at the first window where
+it does not. Tumbling windows are disjoint samples, so by chance alone a feature drifts in a
+window with probability below ``alpha`` and raises an alert with probability below
+``alpha ** hold``; the effect threshold makes it rarer still, and a large sample can never
+raise an alert on a difference too small to matter.
 
 The same :func:`backtest` serves a replay of recorded traffic (simulated time: each window is
 judged at its last event's timestamp) and the live job (``drift_pass`` judges the latest
@@ -204,8 +205,9 @@ class Detector:
             if len(values) < config.min_window:
                 raw.append((name, math.nan, math.nan, len(values)))
                 continue
-            d = st.categorical_drift(*_pooled(categorical, values))
-            raw.append((name, d.jensen_shannon, d.chi2_p, len(values)))
+            pooled, values = _pooled(categorical, values)
+            js = st.categorical_drift(pooled, values).jensen_shannon
+            raw.append((name, js, st.chi2_two_sample(pooled, values)[1], len(values)))
         if self.z is not None:
             raw.append(self._mmd(frame.text_index[start:end]))
         p = np.array([r[2] for r in raw], dtype=float)

@@ -242,6 +242,23 @@ def categorical_drift(ref: CategoricalReference, current) -> CategoricalDrift:
     )
 
 
+def chi2_two_sample(ref: CategoricalReference, current) -> tuple[float, float]:
+    """Chi-square test of homogeneity of the reference's counts and ``current``'s (one table,
+    ``scipy.stats.chi2_contingency`` without continuity correction): unlike the
+    goodness-of-fit form of :func:`categorical_drift`, it counts the reference's own sampling
+    noise, which matters when the reference is a few hundred events. Categories empty on both
+    sides are left out; the p-value is NaN with fewer than two categories."""
+    counts = _category_counts(current)
+    observed = [counts.pop(c, 0) for c in ref.categories] + [sum(counts.values())]
+    reference = [*np.rint(ref.proportions * ref.count), 0.0]
+    table = np.array([reference, observed], dtype=np.float64)
+    table = table[:, table.sum(0) > 0]
+    if table.shape[1] < 2:
+        return 0.0, math.nan
+    result = stats.chi2_contingency(table, correction=False)
+    return float(result.statistic), float(result.pvalue)
+
+
 def rff_map(
     dim: int, n_features: int = 256, bandwidth: float = 1.0, seed: int = 0
 ) -> Callable[[np.ndarray], np.ndarray]:

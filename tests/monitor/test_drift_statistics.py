@@ -329,3 +329,17 @@ def test_nan_p_values_stay_nan_and_do_not_count(correct):
 def test_p_values_outside_zero_one_are_refused(correct):
     with pytest.raises(ValueError, match=r"p-values must lie in \[0, 1\]"):
         correct([0.2, 1.5])
+
+
+def test_the_two_sample_chi_square_is_scipys_test_of_homogeneity():
+    rng = np.random.default_rng(3)
+    reference = rng.choice(["a", "b", "c"], 300, p=[0.7, 0.2, 0.1]).astype(object)
+    current = rng.choice(["a", "b", "c", "d"], 50, p=[0.5, 0.3, 0.1, 0.1]).astype(object)
+    ref = st.categorical_reference(reference)
+    counts = [[np.sum(reference == c) for c in "abcd"], [np.sum(current == c) for c in "abcd"]]
+    expected = stats.chi2_contingency(np.array(counts), correction=False)
+    assert st.chi2_two_sample(ref, current) == pytest.approx(
+        (expected.statistic, expected.pvalue), rel=1e-12
+    )
+    # the reference's own noise: larger p-values than the goodness-of-fit form
+    assert st.chi2_two_sample(ref, current)[1] > st.categorical_drift(ref, current).chi2_p
