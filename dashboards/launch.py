@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,11 +27,15 @@ def command(*, host: str = "127.0.0.1", port: int = 8501) -> list[str]:
 
 def run_app(
     workspace: Path, *, host: str = "127.0.0.1", port: int = 8501, prometheus: str | None = None
-) -> int:
-    """Serve the app on ``workspace`` until interrupted; returns Streamlit's exit code. The
-    Drift page reads firing alerts from ``prometheus`` (a URL) when given."""
+) -> None:
+    """Serve the app on ``workspace`` until stopped: this process becomes Streamlit's (exec),
+    so a signal sent to ``evalkit app`` (Ctrl+C, SIGTERM from a supervisor) stops the server
+    itself rather than leaving it running orphaned. The Drift page reads firing alerts from
+    ``prometheus`` (a URL) when given."""
     env = {**os.environ, ENV_VAR: str(workspace)}
     if prometheus:
         env[PROMETHEUS_ENV] = prometheus
     print(f"evalkit app on http://{host}:{port} (workspace {workspace}); Ctrl+C stops it")
-    return subprocess.call(command(host=host, port=port), env=env)
+    sys.stdout.flush()
+    args = command(host=host, port=port)
+    os.execve(args[0], args, env)
