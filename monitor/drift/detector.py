@@ -16,7 +16,9 @@ fires when a feature drifts in ``hold`` consecutive windows and ends at the firs
 it does not. Tumbling windows are disjoint samples, so by chance alone a feature drifts in a
 window with probability below ``alpha`` and raises an alert with probability below
 ``alpha ** hold``; the effect threshold makes it rarer still, and a large sample can never
-raise an alert on a difference too small to matter.
+raise an alert on a difference too small to matter. A live job whose window is longer than its
+interval judges overlapping windows, which share events: the bound then holds only per disjoint
+stretch, so keep the window no longer than the interval where the guarantee matters.
 
 The same :func:`backtest` serves a replay of recorded traffic (simulated time: each window is
 judged at its last event's timestamp) and the live job (``drift_pass`` judges the latest
