@@ -619,7 +619,8 @@ def _cmd_monitor_alerts(args: argparse.Namespace) -> None:
     from evalkit.workspace import open_workspace
     from monitor.alerts import firing
 
-    for alert in firing(args.prometheus, open_workspace(args.workspace).store_path):
+    store = None if args.prometheus else open_workspace(args.workspace).store_path
+    for alert in firing(args.prometheus, store):
         print("  ".join(f"{k} {v}" for k, v in alert.items()))
 
 

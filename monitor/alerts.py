@@ -59,5 +59,5 @@ def from_store(store: Path) -> list[dict]:
     ]
 
 
-def firing(prometheus: str | None, store: Path) -> list[dict]:
+def firing(prometheus: str | None, store: Path | None) -> list[dict]:
     return from_prometheus(prometheus) if prometheus else from_store(store)
