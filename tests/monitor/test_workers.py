@@ -7,10 +7,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 
-REQUESTS = 16
+ROUND = 8  # concurrent requests
+MAX_REQUESTS = 400
+
+
+def _writers(workspace) -> set[str]:
+    """The pids of the processes that wrote event files (HOST-PID-RANDOM-SEQUENCE.parquet)."""
+    return {p.stem.rsplit("-", 3)[1] for p in workspace.glob("events/date=*/*.parquet")}
 
 
 def _metric(text: str, name: str, **labels) -> float:
@@ -41,22 +48,31 @@ def test_two_workers_answer_and_their_metrics_add_up(
             except OSError:
                 assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
                 time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-        for i in range(REQUESTS):  # new connections: the kernel spreads them over the workers
-            client.with_options(http_client=None).chat.completions.create(
-                model="micro",
-                messages=[{"role": "user", "content": f"Question {i}?"}],
-                max_tokens=4,
-                temperature=1.0,
-                seed=i,
-            )
-            client.close()
-            client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+
+        def ask(i: int) -> None:  # a client of its own: a new connection each time
+            with openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0) as client:
+                client.chat.completions.create(
+                    model="micro",
+                    messages=[{"role": "user", "content": f"Question {i}?"}],
+                    max_tokens=4,
+                    temperature=1.0,
+                    seed=i,
+                )
+
+        # Which worker accepts a connection is the kernel's choice: send rounds of concurrent
+        # requests until both have answered (their log files carry their pids).
+        sent = 0
+        while len(_writers(tmp_path)) < 2 and sent < MAX_REQUESTS:
+            with ThreadPoolExecutor(ROUND) as pool:
+                list(pool.map(ask, range(sent, sent + ROUND)))
+            sent += ROUND
+            time.sleep(0.5)  # past the log's flush age
+        assert len(_writers(tmp_path)) == 2, f"one worker answered all {sent} requests"
         for _ in range(6):  # each scrape may land on either worker: all see the same sums
             with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
                 text = response.read().decode()
-            assert _metric(text, "evalkit_requests_total", status="200") == REQUESTS
-            assert _metric(text, "evalkit_e2e_request_latency_seconds_count") == REQUESTS
+            assert _metric(text, "evalkit_requests_total", status="200") == sent
+            assert _metric(text, "evalkit_e2e_request_latency_seconds_count") == sent
             assert _metric(text, "evalkit_model_info", model_name="micro") == 1
         checked = subprocess.run(
             [promtool, "check", "metrics"], input=text, capture_output=True, text=True
@@ -69,5 +85,3 @@ def test_two_workers_answer_and_their_metrics_add_up(
         finally:
             if proc.poll() is None:
                 proc.kill()
-    writers = {p.name.split("-")[1] for p in tmp_path.glob("events/date=*/*.parquet")}
-    assert len(writers) == 2  # both processes answered and logged (file names carry the pid)
