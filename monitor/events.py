@@ -96,7 +96,7 @@ def make_event(**fields) -> dict:
     if stamp is None:
         event["timestamp"] = datetime.now(UTC)
     elif isinstance(stamp, str):
-        event["timestamp"] = _parse_time(stamp)
+        event["timestamp"] = parse_time(stamp)
     elif isinstance(stamp, int | float):
         event["timestamp"] = datetime.fromtimestamp(stamp, UTC)
     for key in ("prompt", "metadata"):
@@ -105,7 +105,8 @@ def make_event(**fields) -> dict:
     return event
 
 
-def _parse_time(text: str) -> datetime:
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 date or time (``Z`` allowed), UTC when it names no zone."""
     try:
         stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -246,7 +247,7 @@ class EventLog:
         for event in events:
             stamp = event["timestamp"]
             if isinstance(stamp, str):
-                event = {**event, "timestamp": _parse_time(stamp)}
+                event = {**event, "timestamp": parse_time(stamp)}
             by_date.setdefault(event["timestamp"].astimezone(UTC).date().isoformat(), []).append(
                 event
             )

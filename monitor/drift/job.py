@@ -15,7 +15,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from evalkit.errors import EvalkitError
 from evalkit.events import flags_dir
 from monitor.drift.detector import Detector, DriftConfig, Reference, Window, build_reference
 from monitor.drift.features import Frame, add_topics, open_events, read_frame
+from monitor.events import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +78,6 @@ def open_featurizer(drift_dir: Path, labelled=None) -> tuple[Featurizer, str]:
     return Featurizer(cache, topics), line
 
 
-def _instant(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise EvalkitError(
-            f"{text!r} is not a date or time (ISO 8601)", hint="e.g. 2026-12-07 or 2026-12-07T10:00"
-        ) from None
-    if isinstance(moment, date) and not isinstance(moment, datetime):
-        moment = datetime.combine(moment, datetime.min.time())
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def load_reference(
     spec: str,
     events_dir: Path,
@@ -110,7 +99,7 @@ def load_reference(
             raise EvalkitError(f"--reference {spec!r}: give log:START..END")
         con = open_events(events_dir)
         where = "ts >= epoch_us(?::TIMESTAMPTZ) AND ts < epoch_us(?::TIMESTAMPTZ)"
-        params = [_instant(start), _instant(end)]
+        params = [parse_time(start), parse_time(end)]
     elif kind == "run":
         con = _run_events(store, rest)
     else:

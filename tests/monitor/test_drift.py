@@ -209,3 +209,16 @@ def test_an_evaluation_run_is_a_reference(workspace, tmp_path, capsys):
     assert main(args) == 1
     topic = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("topic "))
     assert topic.endswith("DRIFT")
+
+
+def test_a_period_of_the_log_is_a_reference(workspace, tmp_path, capsys):
+    calm = events(SUPPORT, 300, START, seed=8)
+    drifted = events(OTHER, 300, START + timedelta(days=1), seed=9, first=300)
+    for name, rows in (("calm", calm), ("drift", drifted)):
+        assert main(["monitor", "import", str(write(tmp_path / f"{name}.jsonl", rows))]) == 0
+    args = ["monitor", "drift", "--window-events", "300", "--features", "topic"]
+    assert main([*args, "--reference", "log:2026-12-01..2026-12-02"]) == 1
+    captured = capsys.readouterr()
+    assert "reference: log:2026-12-01..2026-12-02, 300 exchanges" in captured.err
+    assert main([*args, "--reference", "log:2026-12-01..yesterday"]) == 2
+    assert "'yesterday' is not ISO 8601" in capsys.readouterr().err
