@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -200,119 +201,58 @@ def _set_kv(cache, tensors: list[list]) -> None:
         cache.value_cache = [v for _, v in tensors]
 
 
-@dataclass(eq=False)
-class Row:
-    """One prompt being decoded: its tokens so far and how it stops."""
+class PlainCache:
+    """A running batch over transformers' forward and its own key-value cache: the reference.
 
-    history: object  # the prompt and the generated tokens (1-d tensor), for the processors
-    generator: object  # seeded torch.Generator when sampling, else None
-    on_token: object = None  # on_token(tokens) after each token that does not end it by a stop
-    limit: int = 0  # the most tokens it may have
-    tokens: list[int] = field(default_factory=list)
-    nll: float = 0.0  # summed over the tokens
-    done: bool = False
-    stopped: bool = False
-    tag: object = None  # the caller's
-
-
-class Decoder:
-    """Step-level decoding of prompts that share decoding parameters (but for
-    ``max_new_tokens``, which may be set per prompt).
-
-    Prompts join between steps (:meth:`add` prefills them as their own left-padded batch, then
-    merges their KV cache into the running one, left-padding the shorter along time) and rows
-    leave as soon as they are done (:meth:`finished` drops them and their cache rows). A row's
-    tokens do not depend on the rows beside it: positions count its own tokens, padding is
-    masked, the repetition processors see only its own tokens and sampling draws from its own
-    generator, seeded per prompt.
+    :meth:`prefill` adds rows (prompts left-padded into a batch of their own, whose cache is
+    merged into the running one, the shorter side left-padded along time), :meth:`step` feeds
+    each row one token, :meth:`keep` lets rows go (their cache rows dropped). Positions count
+    each row's own tokens and padding is masked, so a row's logits do not depend on the rows
+    beside it. The fast path (:class:`evalkit.accel.decoding.SlotCache`) does the same.
     """
 
-    def __init__(self, model, tokenizer, config: DecodingConfig):
-        self.model, self.tokenizer, self.config = model, tokenizer, config
+    def __init__(self, model):
+        self.model = model
         self.device = next(model.parameters()).device
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.processors = _processors(config)
-        # the repetition processors read a row's tokens: applied row by row, without padding
-        self.per_row = config.repetition_penalty != 1.0 or config.no_repeat_ngram_size > 0
-        self.stop_ids = _stop_ids(model, tokenizer)
         self.cache_name = _cache_argument(model)
-        self.rows: list[Row] = []
         self.cache = self.attention = self.positions = None
 
-    def add(
-        self, prompts: list[list[int]], seeds: list[int], on_token=None, tags=None, limits=None
-    ):
-        """Prefill ``prompts`` and choose their first tokens; ``on_token[i]``, ``tags[i]`` and
-        ``limits[i]`` (its ``max_new_tokens``, if not the decoder's) belong to prompt i.
-        Returns their rows."""
+    def prefill(self, prompts: list[list[int]]):
         import torch
 
         width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
             attention[i, width - len(p) :] = 1
         ids, attention = ids.to(self.device), attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        sampling = self.config.temperature > 0
-        rows = [
-            Row(
-                history=ids[i, width - len(p) :],
-                generator=torch.Generator(device=self.device).manual_seed(seeds[i])
-                if sampling
-                else None,
-                on_token=on_token[i] if on_token else None,
-                tag=tags[i] if tags else None,
-                limit=limits[i] if limits else self.config.max_new_tokens,
-            )
-            for i, p in enumerate(prompts)
-        ]
-        with torch.inference_mode():
-            logits, cache = self._forward(ids, attention, positions, None)
-        if not self.rows:
+        logits, cache = self._forward(ids, attention, positions, None)
+        if self.cache is None:
             self.cache, self.attention, self.positions = cache, attention, positions[:, -1:]
         else:
             self._merge(cache, attention, positions[:, -1:])
-        self.rows += rows
-        self._choose(rows, logits)
-        return rows
+        return logits
 
-    def step(self) -> None:
-        """One token more for every row (rows must not be done: call :meth:`finished`)."""
+    def step(self, tokens: list[int]):
         import torch
 
-        last = torch.tensor([[r.tokens[-1]] for r in self.rows], device=self.device)
+        last = torch.tensor(tokens, device=self.device)[:, None]
         self.attention = torch.cat([self.attention, self.attention.new_ones((len(last), 1))], 1)
         self.positions = self.positions + 1
-        with torch.inference_mode():
-            logits, self.cache = self._forward(last, self.attention, self.positions, self.cache)
-        self._choose(self.rows, logits)
+        logits, self.cache = self._forward(last, self.attention, self.positions, self.cache)
+        return logits
 
-    def finished(self) -> list[Row]:
-        """Take the rows that are done out of the batch, and their cache."""
-        gone = [r for r in self.rows if r.done]
-        if not gone:
-            return []
-        keep = [i for i, r in enumerate(self.rows) if not r.done]
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
+    def keep(self, rows: list[int]) -> None:
+        if not rows:
             self.cache = self.attention = self.positions = None
-            return gone
-        index = self.attention.new_tensor(keep)
+            return
+        index = self.attention.new_tensor(rows)
         attention = self.attention[index]
         start = int(attention.any(0).int().argmax())  # columns that are padding in every row
         self.attention, self.positions = attention[:, start:], self.positions[index]
         _set_kv(self.cache, [[t[index, :, start:] for t in kv] for kv in _kv(self.cache)])
-        return gone
-
-    def result(self, row: Row) -> Generation:
-        text = self.tokenizer.decode(
-            [t for t in row.tokens if t not in self.stop_ids], skip_special_tokens=True
-        ).strip()
-        text = _cut_at_stop(text, self.config.stop)[0].strip()
-        reason = "stop" if row.stopped else "length"
-        return Generation(text, len(row.tokens), reason, row.nll / max(len(row.tokens), 1))
 
     def _forward(self, ids, attention, positions, cache):
         extra = {} if cache is None else {self.cache_name: cache}
@@ -339,6 +279,131 @@ class Decoder:
         _set_kv(self.cache, [[torch.cat([a, b]) for a, b in zip(x, y)] for x, y in zip(old, new)])
         self.attention = torch.cat([self.attention, attention])
         self.positions = torch.cat([self.positions, positions])
+
+
+# model -> whether the fast path's logits agreed with the plain path's on its first prompts
+_fast_agrees: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _running_batch(model, prompts: list[list[int]], fast: bool | None):
+    """The fast running batch where it applies and, on the first prompts a model is given,
+    agrees with the plain one (a prefill and a step, within rounding); else the plain one."""
+    from evalkit import accel
+
+    if not accel.enabled(fast):
+        return PlainCache(model)
+    from evalkit.accel.decoding import SlotCache, supports
+
+    if not supports(model):
+        return PlainCache(model)
+    if model not in _fast_agrees:
+        from evalkit.accel.layers import same_within_rounding
+
+        probe = prompts[:4]
+        plain, slots = PlainCache(model), SlotCache(model, len(probe))
+        expected, got = plain.prefill(probe), slots.prefill(probe)
+        agree = same_within_rounding(got, expected)
+        tokens = expected.argmax(-1).tolist()
+        agree = agree and same_within_rounding(slots.step(tokens), plain.step(tokens))
+        _fast_agrees[model] = agree
+    return SlotCache(model) if _fast_agrees[model] else PlainCache(model)
+
+
+@dataclass(eq=False)
+class Row:
+    """One prompt being decoded: its tokens so far and how it stops."""
+
+    history: object  # the prompt and the generated tokens (1-d tensor), for the processors
+    generator: object  # seeded torch.Generator when sampling, else None
+    on_token: object = None  # on_token(tokens) after each token that does not end it by a stop
+    limit: int = 0  # the most tokens it may have
+    tokens: list[int] = field(default_factory=list)
+    nll: float = 0.0  # summed over the tokens
+    done: bool = False
+    stopped: bool = False
+    tag: object = None  # the caller's
+
+
+class Decoder:
+    """Step-level decoding of prompts that share decoding parameters (but for
+    ``max_new_tokens``, which may be set per prompt).
+
+    Prompts join between steps (:meth:`add` prefills them and their first tokens are chosen)
+    and rows leave as soon as they are done (:meth:`finished` takes them out, and their
+    cache). A row's tokens do not depend on the rows beside it: the running batch
+    (:class:`PlainCache`, or the fast path's :class:`evalkit.accel.decoding.SlotCache` where
+    it applies; ``fast`` as in :mod:`evalkit.accel`) gives each row its own logits, the
+    repetition processors see only its own tokens and sampling draws from its own generator,
+    seeded per prompt.
+    """
+
+    def __init__(self, model, tokenizer, config: DecodingConfig, fast: bool | None = None):
+        self.model, self.tokenizer, self.config, self.fast = model, tokenizer, config, fast
+        self.device = next(model.parameters()).device
+        self.processors = _processors(config)
+        # the repetition processors read a row's tokens: applied row by row, without padding
+        self.per_row = config.repetition_penalty != 1.0 or config.no_repeat_ngram_size > 0
+        self.stop_ids = _stop_ids(model, tokenizer)
+        self.rows: list[Row] = []
+        self.batch = None
+
+    def add(
+        self, prompts: list[list[int]], seeds: list[int], on_token=None, tags=None, limits=None
+    ):
+        """Prefill ``prompts`` and choose their first tokens; ``on_token[i]``, ``tags[i]`` and
+        ``limits[i]`` (its ``max_new_tokens``, if not the decoder's) belong to prompt i.
+        Returns their rows."""
+        import torch
+
+        sampling = self.config.temperature > 0
+        rows = [
+            Row(
+                history=torch.tensor(p, device=self.device),
+                generator=torch.Generator(device=self.device).manual_seed(seeds[i])
+                if sampling
+                else None,
+                on_token=on_token[i] if on_token else None,
+                tag=tags[i] if tags else None,
+                limit=limits[i] if limits else self.config.max_new_tokens,
+            )
+            for i, p in enumerate(prompts)
+        ]
+        with torch.inference_mode():
+            if self.batch is None:
+                self.batch = _running_batch(self.model, prompts, self.fast)
+            logits = self.batch.prefill(prompts)
+        self.rows += rows
+        self._choose(rows, logits)
+        return rows
+
+    def step(self) -> None:
+        """One token more for every row (rows must not be done: call :meth:`finished`)."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.batch.step([r.tokens[-1] for r in self.rows])
+        self._choose(self.rows, logits)
+
+    def finished(self) -> list[Row]:
+        """Take the rows that are done out of the batch, and their cache."""
+        gone = [r for r in self.rows if r.done]
+        if not gone:
+            return []
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        import torch
+
+        self.rows = [self.rows[i] for i in keep]
+        with torch.inference_mode():
+            self.batch.keep(keep)
+        return gone
+
+    def result(self, row: Row) -> Generation:
+        text = self.tokenizer.decode(
+            [t for t in row.tokens if t not in self.stop_ids], skip_special_tokens=True
+        ).strip()
+        text = _cut_at_stop(text, self.config.stop)[0].strip()
+        reason = "stop" if row.stopped else "length"
+        return Generation(text, len(row.tokens), reason, row.nll / max(len(row.tokens), 1))
 
     def _choose(self, rows: list[Row], logits) -> None:
         """The next token of each of ``rows``, from its logits (one row of ``logits`` each)."""
@@ -380,11 +445,11 @@ class Decoder:
 
 
 def _generate_batch(
-    model, tokenizer, prompts: list[list[int]], config, seeds, on_token=None
+    model, tokenizer, prompts: list[list[int]], config, seeds, on_token=None, fast=None
 ) -> list[Generation]:
     """Decode one batch; ``on_token(row, tokens)`` sees each row's tokens so far after every
     step that added one and did not end it (a server streams them)."""
-    decoder = Decoder(model, tokenizer, config)
+    decoder = Decoder(model, tokenizer, config, fast)
     callbacks = None
     if on_token is not None:
         callbacks = [lambda tokens, i=i: on_token(i, tokens) for i in range(len(prompts))]
@@ -428,6 +493,7 @@ def generate(
     progress: bool = False,
     on_token=None,
     shard: Shard | None = None,
+    fast: bool | None = None,
 ) -> list[Generation]:
     """The model's next assistant turn for each conversation, in order.
 
@@ -471,7 +537,7 @@ def generate(
         row_token = None if on_token is None else (lambda row, ids, b=batch: on_token(b[row], ids))
         out = (
             _generate_batch(
-                model, tokenizer, [rendered[i] for i in batch], config, seeds, row_token
+                model, tokenizer, [rendered[i] for i in batch], config, seeds, row_token, fast
             )
             if batch
             else []

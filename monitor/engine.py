@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from evalkit.accel.threads import one_thread_here, openmp_per_thread, small_model
 from evalkit.generation import Decoder, DecodingConfig, Generation, prompt_seed, render
 
 
@@ -46,8 +47,11 @@ class Busy(Exception):
 class Engine:
     """The decoding thread of one model."""
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 32, max_waiting: int = 256):
+    def __init__(
+        self, model, tokenizer, *, max_batch: int = 32, max_waiting: int = 256, on_step=None
+    ):
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.on_step = on_step  # called once the tokens and answers of a step are handed out
         self.max_waiting = max_waiting
         self._waiting: queue.Queue[Job | None] = queue.Queue(maxsize=max_waiting)
         self._held: list[Job] = []  # taken off the line, waiting for a batch of their own
@@ -85,6 +89,8 @@ class Engine:
             block = False
 
     def _run(self) -> None:
+        if self.model.device.type == "cpu" and small_model(self.model) and openmp_per_thread():
+            one_thread_here()  # its ops are short: one core, the others left to HTTP
         decoder: Decoder | None = None
         open_ = True
         while True:
@@ -103,6 +109,7 @@ class Engine:
                     decoder.add(prompts, seeds, on_token, tags=jobs, limits=limits)
                     self.running = len(decoder.rows)
                     self._finish(decoder)
+                    self._told()  # their first tokens, before a step more
                 if decoder.rows:
                     decoder.step()
                     self._finish(decoder)
@@ -112,8 +119,13 @@ class Engine:
                     job.done(exc)
                 decoder.rows = []
             self.running = len(decoder.rows)
+            self._told()
             if not decoder.rows:
                 decoder = None
+
+    def _told(self) -> None:
+        if self.on_step is not None:
+            self.on_step()
 
     def _finish(self, decoder: Decoder) -> None:
         for row in decoder.finished():

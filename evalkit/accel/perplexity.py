@@ -5,7 +5,7 @@
 - The model runs with faster layers (:mod:`evalkit.accel.layers`) and its output layer only at
   the scored positions (:mod:`evalkit.accel.output_layer`), on the CPU as one oneDNN op.
 - On the CPU a small model's batches run on one worker thread per core, each thread running its
-  ops on one core (:func:`cpu_workers`).
+  ops on one core (:func:`evalkit.accel.threads.cpu_workers`).
 
 Each speedup is checked against the plain path on two rows before it is used, and left out
 where the numbers differ by more than rounding.
@@ -13,27 +13,21 @@ where the numbers differ by more than rounding.
 
 from __future__ import annotations
 
-import ctypes
 import functools
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import torch
 from tqdm.auto import tqdm
 
 from evalkit.accel.layers import fast_layers, onednn_linear, onednn_ready, same_within_rounding
 from evalkit.accel.output_layer import output_layer_split, split_nll
+from evalkit.accel.threads import cpu_workers, small_model
 
 # Tokens in a CPU batch (padding included), at most: the fastest size measured with the default
 # base model and its GELU fused (benchmarks/RESULTS.md). A quarter of that where the whole model
 # runs and every position's logits over the vocabulary are kept.
 CPU_BATCH_TOKENS = 4096
 PADDING_SLACK = 0.05  # padding is at most this share of a batch's tokens (see token_batches)
-# Up to this size, a model's ops are short and its batches small: whole batches go to parallel
-# threads, and on the CPU its linear layers are swapped for oneDNN ones (a copy of their
-# weights). Larger models have matmuls long enough for torch's own threads, and one batch at a
-# time keeps their (vocabulary-wide) logits in memory once.
-SMALL_MODEL_PARAMETERS = 50_000_000
 
 
 def fast_batches(model, rows, *, prepare, plain, budget, progress=False, autocast_dtype=None):
@@ -122,52 +116,3 @@ def token_batches(rows: list, budget: int, workers: int = 1) -> list[list]:
         left -= tokens
         start = end
     return batches
-
-
-def small_model(model) -> bool:
-    return sum(p.numel() for p in model.parameters()) <= SMALL_MODEL_PARAMETERS
-
-
-def _one_thread_here() -> None:
-    """Run this thread's ops on one core, leaving every other thread's setting alone.
-
-    OpenMP keeps the thread count per thread, but ``torch.set_num_threads`` also sets a
-    process-wide value; so torch's own per-thread set-up runs first (any call that reads the
-    count does it), then OpenMP is told directly, for this thread only.
-    """
-    torch.get_num_threads()
-    ctypes.CDLL(None).omp_set_num_threads(1)
-
-
-def _openmp_per_thread() -> bool:
-    """Whether torch runs its ops with OpenMP, whose thread count this process can set per
-    thread (the symbol is there once torch is loaded)."""
-    if "OpenMP" not in torch.__config__.parallel_info():
-        return False
-    try:
-        ctypes.CDLL(None).omp_set_num_threads  # noqa: B018 -- the lookup is the check
-    except AttributeError:
-        return False
-    return True
-
-
-@contextmanager
-def cpu_workers():
-    """Where CPU batches run, and on how many threads: one worker thread per core, each running
-    its ops on one core; else the caller (``(None, 1)``).
-
-    A small model's ops are too short for torch's intra-op threads: the threads mostly wait for
-    each other, and on a busy machine (CI runners, shared VMs) every op waits until all of them
-    are scheduled at once, which made scoring about 15x slower on a loaded 2-core VM. Whole
-    batches on separate threads (torch releases the GIL inside ops), each running its ops on
-    one core, keep every core busy with no such rendezvous. The caller's thread settings are
-    left as they are.
-    """
-    threads = torch.get_num_threads()
-    if threads == 1 or not _openmp_per_thread():
-        yield None, 1
-        return
-    with ThreadPoolExecutor(
-        threads, thread_name_prefix="evalkit-perplexity", initializer=_one_thread_here
-    ) as pool:
-        yield pool, threads

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from evalkit import accel
 from evalkit.accel.output_layer import output_layer_split, split_nll
-from evalkit.accel.perplexity import PADDING_SLACK, cpu_workers, token_batches
+from evalkit.accel.perplexity import PADDING_SLACK, token_batches
+from evalkit.accel.threads import cpu_workers
 from evalkit.models import load_model
 from evalkit.perplexity import (
     batch_arrays,

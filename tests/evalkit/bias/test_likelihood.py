@@ -74,7 +74,7 @@ def test_probes_run_on_the_cpu_workers(micro):
     """A small model's ops on torch's own threads wait for each other at every op (the probe
     set took 32 s on a busy 2-core machine instead of about 1): the probes go through
     perplexity's scoring path, whose worker threads each run whole batches on one core."""
-    from evalkit.accel.perplexity import _openmp_per_thread
+    from evalkit.accel.threads import openmp_per_thread
 
     model, tokenizer = micro
     seen = set()
@@ -85,7 +85,7 @@ def test_probes_run_on_the_cpu_workers(micro):
         likelihood_probe(model, tokenizer, load_probes().pairs[:40])
     finally:
         hook.remove()
-    workers = torch.get_num_threads() > 1 and _openmp_per_thread()
+    workers = torch.get_num_threads() > 1 and openmp_per_thread()
     assert any(name.startswith("evalkit-perplexity") for name in seen) == workers
 
 
