@@ -15,14 +15,10 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from contextlib import closing
 from pathlib import Path
 
 from playwright.async_api import TimeoutError, async_playwright
@@ -30,16 +26,11 @@ from playwright.async_api import TimeoutError, async_playwright
 from evalkit.accounts import create_account
 from evalkit.rating.queue import Item, add_items
 from evalkit.store import open_store
-from evalkit.workspace import ENV_VAR, open_workspace
+from evalkit.workspace import open_workspace
+from monitor.stack import Background, free_port
 
 PASSWORD = "a long enough passphrase"
 TARGET_MS = 300.0
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare(root: Path, annotators: int, items: int):
@@ -62,19 +53,10 @@ def prepare(root: Path, annotators: int, items: int):
     return ws
 
 
-def start_server(ws, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "evalkit.cli", "app", "--port", str(port)]
-    env = {**os.environ, ENV_VAR: str(ws.root)}
-    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"the app did not start: {log.read_text()[-2000:]}")
+def start_server(ws, port: int, log: Path) -> Background:
+    command = [sys.executable, "-m", "evalkit.cli", "app", "--workspace", str(ws.root)]
+    ready = f"http://127.0.0.1:{port}/_stcore/health"
+    return Background.start("evalkit app", [*command, "--port", str(port)], log, ready, 60)
 
 
 QUESTION = "() => document.querySelector('[data-testid=stChatMessage]')?.innerText ?? ''"
@@ -148,8 +130,7 @@ def main() -> None:
             )
             elapsed = time.perf_counter() - started
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
         with open_store(ws.store_path) as con:
             (stored,) = con.execute("SELECT count(*) FROM ratings").fetchone()
     samples.sort()

@@ -24,6 +24,7 @@ from evalkit.workspace import open_workspace
 from finetune.base_model import build_base_model
 from monitor.client import EventClient
 from monitor.events import EventLog, LogConfig, make_event, summary
+from monitor.stack import Background, free_port
 
 PROMPT = [{"role": "user", "content": "How do I install pip on Debian?"}]
 
@@ -126,30 +127,20 @@ def main() -> None:
         print(f"summary over {args.rows:,} events: {seconds:.2f} s", flush=True)
 
         model = build_base_model(open_workspace(args.workspace), "micro")
-        import socket
-        import subprocess
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         command = [sys.executable, "-m", "evalkit.cli", "--workspace", str(tmp / "ws"), "serve"]
         command += ["--model", str(model), "--port", str(port), "--flush-events", "10000"]
-        server = subprocess.Popen(command, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
+        server = Background.start(
+            "evalkit serve", command, tmp / "serve.log", f"{base}/healthz", 60
+        )
         try:
-            for _ in range(600):
-                try:
-                    urllib.request.urlopen(f"{base}/healthz", timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
             rate = ingest_http(base, args.events)
             print(f"POST /v1/events, batches of 1,000: {rate:,.0f} events/s", flush=True)
             rate, queued = ingest_sdk(base, args.events)
             print(f"EventClient: {rate:,.0f} events/s; log() takes {queued * 1e6:.1f} us")
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from summary import emit, size
@@ -26,29 +24,9 @@ from summary import emit, size
 from evalkit.workspace import open_workspace
 from finetune.base_model import build_base_model
 from finetune.data.corpora import load_support_faq
+from monitor.stack import Background, free_port
 
 MAX_TOKENS = 64
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(command: list[str], health: str) -> subprocess.Popen:
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(health, timeout=1):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"{command[0]} exited with {proc.returncode}") from None
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"{' '.join(command)} did not start")
 
 
 async def drive(base: str, model: str, prompts: list[list[dict]], clients: int) -> dict:
@@ -139,26 +117,24 @@ def main() -> None:
         servers[f"transformers serve ({mode})"] = (command, port, str(model_dir), "/health")
 
     results = {}
-    for name, (command, port, model, health) in servers.items():
-        proc = start(command, f"http://127.0.0.1:{port}{health}")
-        try:
-            base = f"http://127.0.0.1:{port}/v1"
-            asyncio.run(drive(base, model, prompts[:4], 2))  # warm-up
-            for n in clients:
-                results[name, n] = asyncio.run(drive(base, model, prompts, n))
-                r = results[name, n]
-                print(
-                    f"{name:<34} {n:>3} clients: {r['tokens_per_s']:>8,.0f} tokens/s  "
-                    f"p50 {r['p50']:.3f} s  p99 {r['p99']:.3f} s  "
-                    f"TTFT p50 {r['ttft_p50']:.3f} s  p99 {r['ttft_p99']:.3f} s",
-                    flush=True,
-                )
-        finally:
-            proc.terminate()
+    with tempfile.TemporaryDirectory() as logs:  # each server's output, shown if it fails
+        for i, (name, (command, port, model, health)) in enumerate(servers.items()):
+            log = Path(logs) / f"server-{i}.log"
+            server = Background.start(name, command, log, f"http://127.0.0.1:{port}{health}", 300)
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                base = f"http://127.0.0.1:{port}/v1"
+                asyncio.run(drive(base, model, prompts[:4], 2))  # warm-up
+                for n in clients:
+                    results[name, n] = asyncio.run(drive(base, model, prompts, n))
+                    r = results[name, n]
+                    print(
+                        f"{name:<34} {n:>3} clients: {r['tokens_per_s']:>8,.0f} tokens/s  "
+                        f"p50 {r['p50']:.3f} s  p99 {r['p99']:.3f} s  "
+                        f"TTFT p50 {r['ttft_p50']:.3f} s  p99 {r['ttft_p99']:.3f} s",
+                        flush=True,
+                    )
+            finally:
+                server.stop()
     ceiling = offline_ceiling(model_dir, prompts)
     print(f"offline evalkit.generation, batches of 32: {ceiling:,.0f} tokens/s")
     top = max(clients)

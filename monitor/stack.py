@@ -2,11 +2,13 @@
 Prometheus and Alertmanager beside them when their Debian packages are installed.
 
 :class:`Background` runs a program (``evalkit serve``, Prometheus, Alertmanager) with its output
-in a log file, waits until it answers on a URL, and stops it. :func:`start_alerting` writes the
-configs into a folder (Prometheus scraping the server every second and evaluating the shipped
-rules of ``monitor/rules``, its alerts sent to Alertmanager) and starts both on free loopback
-ports. The rules are the shipped ones, except that the drift alert's ``for:`` is set to the
-drift job's own hold, ``(hold - 1) x every``, as the rule file says to keep it.
+in a log file, waits until it answers on a URL, and stops it; :func:`free_port` picks the
+loopback port it listens on. :func:`start_prometheus` and :func:`start_alertmanager` start one
+of them with a config file, on a free loopback port. :func:`start_alerting` writes the
+demo's configs into a folder (Prometheus scraping the server every second and evaluating the
+shipped rules of ``monitor/rules``, its alerts sent to Alertmanager) and starts both. The rules
+are the shipped ones, except that the drift alert's ``for:`` is set to the drift job's own
+hold, ``(hold - 1) x every``, as the rule file says to keep it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ BINARIES = ("prometheus", "prometheus-alertmanager")
 
 
 def free_port() -> int:
+    """A port free on 127.0.0.1 now (the kernel's pick), for a server bound to loopback only."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -130,56 +133,62 @@ def missing_binaries() -> list[str]:
     return [name for name in BINARIES if shutil.which(name) is None]
 
 
+def prometheus_config(targets: list[str], rule_files: list, alertmanager: str | None) -> dict:
+    """Prometheus scraping ``targets`` ("host:port") and evaluating ``rule_files`` every second,
+    its alerts sent to ``alertmanager`` (a base URL; None: nowhere)."""
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(f) for f in rule_files],
+        "scrape_configs": [{"job_name": "evalkit", "static_configs": [{"targets": targets}]}],
+    }
+    if alertmanager:
+        host = alertmanager.removeprefix("http://")
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [host]}]}]}
+    return config
+
+
+def _listening(name: str, command: list[str], folder: Path) -> tuple[Background, str]:
+    """A program of the Prometheus family on a free loopback port, with only warnings in its log
+    ``folder/NAME.log``; it and its base URL, once it is ready."""
+    address = f"127.0.0.1:{free_port()}"
+    command = [*command, f"--web.listen-address={address}", "--log.level=warn"]
+    ready = f"http://{address}/-/ready"
+    return Background.start(name, command, folder / f"{name}.log", ready, 60), f"http://{address}"
+
+
+def start_prometheus(folder: Path, config: Path) -> tuple[Background, str]:
+    """Prometheus with ``config`` (a file), its data and log in ``folder``; it and its URL."""
+    data = f"--storage.tsdb.path={folder / 'prometheus-data'}"
+    return _listening("prometheus", ["prometheus", f"--config.file={config}", data], folder)
+
+
+def start_alertmanager(folder: Path, config: Path) -> tuple[Background, str]:
+    """Alertmanager with ``config`` (a file), without its cluster port, its data and log in
+    ``folder``; it and its URL."""
+    data = f"--storage.path={folder / 'alertmanager-data'}"
+    command = ["prometheus-alertmanager", f"--config.file={config}", data]
+    return _listening("alertmanager", [*command, "--cluster.listen-address="], folder)
+
+
 def start_alerting(folder: Path, target: str, *, drift_for_s: float) -> Alerting:
     """Alertmanager, then Prometheus scraping ``target`` ("host:port") every second with the
     shipped rules, both on free loopback ports, with their configs, data and logs in
     ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    alertmanager = f"127.0.0.1:{free_port()}"
     config = {
         "route": {"receiver": "log", "group_wait": "1s", "group_interval": "1s"},
         "receivers": [{"name": "log"}],  # kept in Alertmanager, shown by its API and UI
     }
-    programs = [
-        Background.start(
-            "alertmanager",
-            [
-                "prometheus-alertmanager",
-                f"--config.file={_yaml(folder / 'alertmanager.yml', config)}",
-                f"--storage.path={folder / 'alertmanager-data'}",
-                f"--web.listen-address={alertmanager}",
-                "--cluster.listen-address=",
-                "--log.level=warn",
-            ],
-            folder / "alertmanager.log",
-            f"http://{alertmanager}/-/ready",
-            timeout=60,
-        )
-    ]
-    prometheus = f"127.0.0.1:{free_port()}"
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "rule_files": [str(_rules(folder / "evalkit.rules.yml", drift_for_s))],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
-        "scrape_configs": [{"job_name": "evalkit", "static_configs": [{"targets": [target]}]}],
-    }
+    alertmanager, alertmanager_url = start_alertmanager(
+        folder, _yaml(folder / "alertmanager.yml", config)
+    )
+    rules = _rules(folder / "evalkit.rules.yml", drift_for_s)
+    config = prometheus_config([target], [rules], alertmanager_url)
     try:
-        programs.append(
-            Background.start(
-                "prometheus",
-                [
-                    "prometheus",
-                    f"--config.file={_yaml(folder / 'prometheus.yml', config)}",
-                    f"--storage.tsdb.path={folder / 'prometheus-data'}",
-                    f"--web.listen-address={prometheus}",
-                    "--log.level=warn",
-                ],
-                folder / "prometheus.log",
-                f"http://{prometheus}/-/ready",
-                timeout=60,
-            )
+        prometheus, prometheus_url = start_prometheus(
+            folder, _yaml(folder / "prometheus.yml", config)
         )
     except EvalkitError:
-        programs[0].stop()
+        alertmanager.stop()
         raise
-    return Alerting(f"http://{prometheus}", f"http://{alertmanager}", programs)
+    return Alerting(prometheus_url, alertmanager_url, [alertmanager, prometheus])

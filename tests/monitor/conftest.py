@@ -1,14 +1,13 @@
 """What the monitor's tests share: free loopback ports, a real server (uvicorn on a thread) over
 the micro model, and real programs in the background (`evalkit serve`, Prometheus, Alertmanager,
-a webhook receiver), all on loopback and always stopped at the end."""
+a webhook receiver), all on loopback and always stopped at the end. The programs are started as
+the demo starts them, by :mod:`monitor.stack`."""
 
 import json
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,19 +18,14 @@ import pytest
 import uvicorn
 import yaml
 
+from monitor import stack
 from monitor.events import LogConfig
 from monitor.server import ServeConfig, Server, create_app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def free_port():
-    return _free_port
+    return stack.free_port
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +37,7 @@ def serving(micro_model):
     def serve(events, **overrides):
         options = {"name": "micro", "max_tokens": 16, "log": LogConfig(max_age_s=0.1)}
         server = Server(ServeConfig(str(micro_model), **(options | overrides)), events)
-        port = _free_port()
+        port = stack.free_port()
         web = uvicorn.Server(
             uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning")
         )
@@ -64,58 +58,36 @@ def serving(micro_model):
     return serve
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+@pytest.fixture
+def background():
+    """A list to put each started :class:`monitor.stack.Background` in. Every one is stopped at the
+    end of the test and its log printed, which pytest shows when the test fails."""
+    programs: list[stack.Background] = []
+    yield programs
+    for program in reversed(programs):
+        program.stop()
+        print(f"----- {program.name} (exit {program.process.returncode}) -----")
+        print(program.log.read_text(errors="replace")[-6000:])
 
 
 @pytest.fixture
-def daemon(tmp_path):
-    """``daemon(name, command, ready_url)`` runs a program in the background until ``ready_url``
-    answers 200. Every one is stopped at the end of the test and its log printed, which pytest
-    shows when the test fails."""
-    started = []
-
-    def start(name: str, command: list[str], ready_url: str) -> subprocess.Popen:
-        log = tmp_path / f"{name}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        started.append((name, process, log))
-        deadline = time.monotonic() + 120  # a model and a drift reference to load on a busy CPU
-        while not _answers(ready_url):
-            assert process.poll() is None, f"{name} exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"{name} not ready:\n{log.read_text()[-3000:]}"
-            time.sleep(0.1)
-        return process
-
-    yield start
-    for name, process, log in reversed(started):
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        print(f"----- {name} (exit {process.returncode}) -----")
-        print(log.read_text(errors="replace")[-6000:])
-
-
-@pytest.fixture
-def evalkit_serve(daemon, micro_model, tmp_path, free_port):
+def evalkit_serve(background, micro_model, tmp_path):
     """``evalkit_serve(*flags, workspace=None)``: `evalkit serve` on the micro model, named
     "micro", as a process on a free loopback port over ``workspace`` (default: a new one); its
     base URL."""
 
     def start(*flags: str, workspace: Path | None = None) -> str:
-        port = free_port()
+        port = stack.free_port()
         workspace = workspace or tmp_path / "workspace"
         command = [sys.executable, "-m", "evalkit.cli", "--workspace", str(workspace)]
         command += ["serve", "--model", str(micro_model), "--name", "micro", "--port", str(port)]
         base = f"http://127.0.0.1:{port}"
-        daemon("evalkit-serve", [*command, *flags], f"{base}/healthz")
+        log = tmp_path / "evalkit-serve.log"
+        # 120 s: a model and a drift reference to load on a busy CPU
+        server = stack.Background.start(
+            "evalkit serve", [*command, *flags], log, f"{base}/healthz", 120
+        )
+        background.append(server)
         return base
 
     return start
@@ -129,50 +101,30 @@ def _written(path: Path, config: dict, check: list[str]) -> Path:
     return path
 
 
-def _listening(daemon, free_port, name: str, command: list[str]) -> str:
-    """Start a program of the Prometheus family on a free loopback port, with only warnings in
-    its log; its base URL, once it is ready."""
-    address = f"127.0.0.1:{free_port()}"
-    command = [*command, f"--web.listen-address={address}", "--log.level=warn"]
-    daemon(name, command, f"http://{address}/-/ready")
-    return f"http://{address}"
-
-
 @pytest.fixture
-def prometheus_server(daemon, tmp_path, free_port, require_binary):
+def prometheus_server(background, tmp_path, require_binary):
     """``prometheus_server(targets, rule_files=(), alertmanager=None)``: a real Prometheus on a free
     loopback port that scrapes ``targets`` ("host:port") and evaluates the rules every second,
     sending alerts to ``alertmanager`` (a base URL); its base URL."""
-    binary = require_binary("prometheus")
+    require_binary("prometheus")
     promtool = require_binary("promtool")  # in the same Debian package
 
     def start(targets: list[str], rule_files=(), alertmanager: str | None = None) -> str:
-        config = {
-            "global": {
-                "scrape_interval": "1s",
-                "scrape_timeout": "1s",
-                "evaluation_interval": "1s",
-            },
-            "scrape_configs": [{"job_name": "evalkit", "static_configs": [{"targets": targets}]}],
-            "rule_files": [str(f) for f in rule_files],
-        }
-        if alertmanager:
-            host = alertmanager.removeprefix("http://")
-            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [host]}]}]}
+        config = stack.prometheus_config(targets, rule_files, alertmanager)
         path = _written(tmp_path / "prometheus.yml", config, [promtool, "check", "config"])
-        command = [binary, f"--config.file={path}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"]
-        command += ["--storage.tsdb.retention.time=1h"]
-        return _listening(daemon, free_port, "prometheus", command)
+        program, url = stack.start_prometheus(tmp_path, path)
+        background.append(program)
+        return url
 
     return start
 
 
 @pytest.fixture
-def alertmanager_server(daemon, tmp_path, free_port, require_binary):
+def alertmanager_server(background, tmp_path, require_binary):
     """``alertmanager_server(webhook_url)``: a real Alertmanager on a free loopback port, without
     its cluster port, that sends each alert (its own group) to ``webhook_url`` within a second, and
     again when it resolves; its base URL."""
-    binary = require_binary("prometheus-alertmanager")
+    require_binary("prometheus-alertmanager")
     amtool = require_binary("amtool")  # in the same Debian package
 
     def start(webhook_url: str) -> str:
@@ -193,10 +145,9 @@ def alertmanager_server(daemon, tmp_path, free_port, require_binary):
             ],
         }
         path = _written(tmp_path / "alertmanager.yml", config, [amtool, "check-config"])
-        command = [binary, f"--config.file={path}", f"--storage.path={tmp_path / 'alertmanager'}"]
-        return _listening(
-            daemon, free_port, "alertmanager", [*command, "--cluster.listen-address="]
-        )
+        program, url = stack.start_alertmanager(tmp_path, path)
+        background.append(program)
+        return url
 
     return start
 

@@ -12,24 +12,16 @@ import urllib.request
 import duckdb
 import pytest
 
+from monitor.stack import Background
+
 BATCH = 25  # events a request sends
 
 
 def _start(micro_model, workspace, port, *flags) -> subprocess.Popen:
     command = [sys.executable, "-m", "evalkit.cli", "--workspace", str(workspace), "serve"]
     command += ["--model", str(micro_model), "--name", "micro", "--port", str(port), *flags]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read()) from None
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the server did not start")
+    log, ready = workspace / "serve.log", f"http://127.0.0.1:{port}/healthz"
+    return Background.start("evalkit serve", command, log, ready, 60).process
 
 
 def _send(port: int, first: int) -> list[str]:

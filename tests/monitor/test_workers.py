@@ -1,10 +1,7 @@
 """`evalkit serve --workers 2`: two processes answer, and /metrics adds up their counters
 (prometheus-client's multiprocess mode) whichever worker answers the scrape."""
 
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -29,59 +26,36 @@ def _metric(text: str, name: str, **labels) -> float:
     return total
 
 
-def test_two_workers_answer_and_their_metrics_add_up(
-    micro_model, tmp_path, free_port, require_binary
-):
+def test_two_workers_answer_and_their_metrics_add_up(tmp_path, evalkit_serve, require_binary):
     promtool = require_binary("promtool")
-    port = free_port()
-    command = [sys.executable, "-m", "evalkit.cli", "--workspace", str(tmp_path), "serve"]
-    command += ["--model", str(micro_model), "--name", "micro", "--port", str(port)]
-    command += ["--workers", "2", "--flush-seconds", "0.2"]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/readyz", timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-                time.sleep(0.2)
+    base = evalkit_serve("--workers", "2", "--flush-seconds", "0.2", workspace=tmp_path)
 
-        def ask(i: int) -> None:  # a client of its own: a new connection each time
-            with openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0) as client:
-                client.chat.completions.create(
-                    model="micro",
-                    messages=[{"role": "user", "content": f"Question {i}?"}],
-                    max_tokens=4,
-                    temperature=1.0,
-                    seed=i,
-                )
+    def ask(i: int) -> None:  # a client of its own: a new connection each time
+        with openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0) as client:
+            client.chat.completions.create(
+                model="micro",
+                messages=[{"role": "user", "content": f"Question {i}?"}],
+                max_tokens=4,
+                temperature=1.0,
+                seed=i,
+            )
 
-        # Which worker accepts a connection is the kernel's choice: send rounds of concurrent
-        # requests until both have answered (their log files carry their pids).
-        sent = 0
-        while len(_writers(tmp_path)) < 2 and sent < MAX_REQUESTS:
-            with ThreadPoolExecutor(ROUND) as pool:
-                list(pool.map(ask, range(sent, sent + ROUND)))
-            sent += ROUND
-            time.sleep(0.5)  # past the log's flush age
-        assert len(_writers(tmp_path)) == 2, f"one worker answered all {sent} requests"
-        for _ in range(6):  # each scrape may land on either worker: all see the same sums
-            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
-                text = response.read().decode()
-            assert _metric(text, "evalkit_requests_total", status="200") == sent
-            assert _metric(text, "evalkit_e2e_request_latency_seconds_count") == sent
-            assert _metric(text, "evalkit_model_info", model_name="micro") == 1
-        checked = subprocess.run(
-            [promtool, "check", "metrics"], input=text, capture_output=True, text=True
-        )
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    # Which worker accepts a connection is the kernel's choice: send rounds of concurrent
+    # requests until both have answered (their log files carry their pids).
+    sent = 0
+    while len(_writers(tmp_path)) < 2 and sent < MAX_REQUESTS:
+        with ThreadPoolExecutor(ROUND) as pool:
+            list(pool.map(ask, range(sent, sent + ROUND)))
+        sent += ROUND
+        time.sleep(0.5)  # past the log's flush age
+    assert len(_writers(tmp_path)) == 2, f"one worker answered all {sent} requests"
+    for _ in range(6):  # each scrape may land on either worker: all see the same sums
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert _metric(text, "evalkit_requests_total", status="200") == sent
+        assert _metric(text, "evalkit_e2e_request_latency_seconds_count") == sent
+        assert _metric(text, "evalkit_model_info", model_name="micro") == 1
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
