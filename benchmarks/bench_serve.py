@@ -26,7 +26,7 @@ from finetune.base_model import build_base_model
 from finetune.data.corpora import load_support_faq
 from monitor.stack import Background, free_port
 
-MAX_TOKENS = 64
+MAX_TOKENS = size(64, 16)  # the micro model of QUICK=1 has a context of 64
 
 
 async def drive(base: str, model: str, prompts: list[list[dict]], clients: int) -> dict:
