@@ -1,8 +1,9 @@
-"""The app's entry point: sign-in, then the pages the person's role sees."""
+"""The app's entry point: sign-in (or a browser recognised), then the pages the person's role
+sees."""
 
 import streamlit as st
 
-from dashboards.session import account, sign_out
+from dashboards.session import cookie, recognise, sign_out
 
 PAGES = {
     "rate": "Rate",
@@ -13,9 +14,10 @@ PAGES = {
 }
 
 st.set_page_config(page_title="evalkit", layout="wide")
-who = account()
+who = recognise()
 if who is None:
     pages = [st.Page("views/sign_in.py", title="Sign in", url_path="sign_in")]
+    cookie()  # forgets a refused or ended session's token
 else:
     pages = [
         st.Page(f"views/{name}.py", title=title, url_path=name)
@@ -25,4 +27,5 @@ else:
     with st.sidebar:
         st.caption(f"Signed in as **{who.name}** ({who.role})")
         st.button("Sign out", on_click=sign_out)
+        cookie()
 st.navigation(pages).run()

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from evalkit.accounts import SESSION_HOURS_ENV
 from evalkit.workspace import ENV_VAR
 from monitor.overview import PROMETHEUS_ENV
 
@@ -26,15 +27,23 @@ def command(*, host: str = "127.0.0.1", port: int = 8501) -> list[str]:
 
 
 def run_app(
-    workspace: Path, *, host: str = "127.0.0.1", port: int = 8501, prometheus: str | None = None
+    workspace: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8501,
+    prometheus: str | None = None,
+    session_hours: int | None = None,
 ) -> None:
     """Serve the app on ``workspace`` until stopped: this process becomes Streamlit's (exec),
     so a signal sent to ``evalkit app`` (Ctrl+C, SIGTERM from a supervisor) stops the server
     itself rather than leaving it running orphaned. The Drift page reads firing alerts from
-    ``prometheus`` (a URL) when given."""
+    ``prometheus`` (a URL) when given. A sign-in lasts ``session_hours`` across reloads
+    (default: :data:`evalkit.accounts.SESSION_LIFETIME`)."""
     env = {**os.environ, ENV_VAR: str(workspace)}
     if prometheus:
         env[PROMETHEUS_ENV] = prometheus
+    if session_hours:
+        env[SESSION_HOURS_ENV] = str(session_hours)
     print(f"evalkit app on http://{host}:{port} (workspace {workspace}); Ctrl+C stops it")
     sys.stdout.flush()
     args = command(host=host, port=port)

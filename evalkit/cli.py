@@ -1368,7 +1368,13 @@ def _cmd_app(args: argparse.Namespace) -> int:
         return 0
     from dashboards.launch import run_app
 
-    return run_app(workspace.root, host=args.host, port=args.port, prometheus=args.prometheus)
+    return run_app(
+        workspace.root,
+        host=args.host,
+        port=args.port,
+        prometheus=args.prometheus,
+        session_hours=args.session_hours,
+    )
 
 
 def _add_app_parser(commands) -> None:
@@ -1390,6 +1396,12 @@ def _add_app_parser(commands) -> None:
         metavar="URL",
         help="read firing alerts from this Prometheus (default: $EVALKIT_PROMETHEUS_URL, else "
         "the drift alerts in the store)",
+    )
+    app.add_argument(
+        "--session-hours",
+        type=_positive,
+        metavar="H",
+        help="a sign-in survives reloads for H hours (default 12); sign-out ends it sooner",
     )
     app.set_defaults(func=_cmd_app)
 

@@ -5,6 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from dashboards.charts import interval_chart
 from dashboards.history import gate_reports
 from dashboards.session import guard, store, workspace
 from evalkit.compare import compare_runs
@@ -16,17 +17,6 @@ guard("releases")
 st.title("Releases")
 BADGES = {"complete": "✅ complete", "running": "⏳ running", "failed": "❌ failed"}
 VERDICTS = {"PASS": "✅ PASS", "FAIL": "❌ FAIL"}
-
-
-def interval_chart(rows: list[dict], y: str) -> alt.LayerChart:
-    """Each row's difference as a point on its interval, one line per ``y`` value."""
-    base = alt.Chart(pd.DataFrame(rows)).encode(y=alt.Y(f"{y}:N", title=None))
-    zero = alt.Chart(pd.DataFrame({"x": [0]})).mark_rule(strokeDash=[4, 4]).encode(x="x:Q")
-    return alt.layer(
-        zero,
-        base.mark_rule().encode(x=alt.X("low:Q", title="candidate - baseline"), x2="high:Q"),
-        base.mark_point(filled=True).encode(x="difference:Q"),
-    )
 
 
 def compare_view(baseline: str, candidate: str) -> None:

@@ -60,6 +60,14 @@ def load_ratings(con: duckdb.DuckDBPyConnection, *, include_skips: bool = False)
     return records
 
 
+def ratings_version(con: duckdb.DuckDBPyConnection) -> tuple[int, str | None]:
+    """Changes whenever a rating is stored (ratings are only ever added): the key of a cached
+    report, so it is recomputed on new ratings only."""
+    ensure_schema(con)
+    count, last = con.execute("SELECT count(*), max(submitted_at) FROM ratings").fetchone()
+    return count, last and last.isoformat()
+
+
 def queue_status(con: duckdb.DuckDBPyConnection) -> dict:
     """Counts of the queue: items by kind and state, live leases, ratings, skips, refusals."""
     ensure_schema(con)

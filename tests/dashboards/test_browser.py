@@ -1,19 +1,17 @@
 """The real app in headless Chromium (the system's, driven by Playwright): sign in, rate by
-keyboard, correct, reload mid-item; then the ratings are read back from DuckDB."""
+keyboard, correct, reload mid-item (still signed in), sign out; then the ratings and the
+sessions are read back from DuckDB."""
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from contextlib import closing
 
 import pytest
 
 from evalkit.rating.annotate import QUIET_S
 from evalkit.store import open_store
+from monitor.stack import Background, free_port
 from tests.conftest import binary_or_skip
 
 from .conftest import PASSWORD, item, queue
@@ -21,38 +19,16 @@ from .conftest import PASSWORD, item, queue
 playwright = pytest.importorskip("playwright.sync_api")
 
 
-def _free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(workspace, tmp_path):
     """`evalkit app` on a free loopback port; yields its URL."""
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "evalkit.cli", "app", "--workspace", str(workspace.root),
-         "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    port = free_port()
+    command = [sys.executable, "-m", "evalkit.cli", "app", "--workspace", str(workspace.root)]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as response:
-                if response.read() == b"ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the app did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.2)
+    log, ready = tmp_path / "server.log", f"{url}/_stcore/health"
+    app = Background.start("evalkit app", [*command, "--port", str(port)], log, ready, 60)
     yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    app.stop()
 
 
 @pytest.fixture
@@ -123,6 +99,8 @@ def test_rating_in_the_browser(workspace, server, browser, tmp_path, capsys):
     page.screenshot(path=shots / "rate_correction.png")
     page.get_by_role("button", name="Submit").click()
     wait_until(lambda: done_today(page) == "1", "the correction to be counted")
+    # The count shows before the app's run ends; a key pressed before it ends can be dropped.
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
 
     # Three items by keyboard alone.
     page.screenshot(path=shots / "rate_single.png")
@@ -159,15 +137,23 @@ def test_rating_in_the_browser(workspace, server, browser, tmp_path, capsys):
     with capsys.disabled():
         print(f"\nthree keys with no wait: {len(taken)} taken at once, the rest pressed again")
 
-    # Midway through an item, reload: the same item and its draft come back.
+    # Midway through an item, reload: still signed in (the session cookie), the same item and
+    # its draft come back.
     question = shown_question(page)
     page.keyboard.press("2")
     page.get_by_text("→ correctness").wait_for()
+    (kept,) = [c for c in page.context.cookies() if c["name"] == "evalkit_session"]
+    assert (kept["sameSite"], kept["secure"], kept["path"]) == ("Strict", False, "/")
     page.reload()
-    sign_in(page, server, "ann")
+    page.get_by_text("→ correctness").wait_for()  # signed in, and the draft's first score kept
     assert shown_question(page) == question
-    page.get_by_text("→ correctness").wait_for()  # the draft's first score survived
     page.screenshot(path=shots / "rate_after_reload.png")
+    # Signing out ends the session: a reload asks for the password again.
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Name").wait_for()
+    page.reload()
+    page.get_by_label("Name").wait_for()
+    assert not [c for c in page.context.cookies() if c["name"] == "evalkit_session"]
 
     # An admin sees every page: one screenshot each.
     admin = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -185,9 +171,17 @@ def test_rating_in_the_browser(workspace, server, browser, tmp_path, capsys):
             "SELECT r.scores, r.corrected FROM ratings r ORDER BY r.submitted_at"
         ).fetchall()
         (draft,) = con.execute("SELECT draft FROM rating_drafts").fetchone()
+        signed_in = con.execute(
+            "SELECT action FROM app_audit WHERE who = 'ann' AND action LIKE 'sign%' "
+            "ORDER BY logged_at"
+        ).fetchall()
+        ended = con.execute("SELECT ended_why FROM app_sessions WHERE name = 'ann'").fetchall()
     assert got[0] == (None, "a corrected answer")
     assert [json.loads(s) for s, _ in got[1:]] == [
         {"helpfulness": 4, "correctness": 5, "harmlessness": 3}
     ] * 4
     assert json.loads(draft)["scores"] == {"helpfulness": 2}
+    assert signed_in == [("sign_in",), ("sign_in_token",), ("sign_out",)] and ended == [
+        ("signed out",)
+    ]
     assert os.listdir(shots)

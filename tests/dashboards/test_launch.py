@@ -71,3 +71,10 @@ def test_the_server_command_runs_the_app_headless_on_the_given_port():
     options = dict(zip(cmd[5::2], cmd[6::2]))
     assert options["--server.port"] == "8601" and options["--server.address"] == "127.0.0.1"
     assert options["--server.headless"] == "true"
+
+
+def test_the_session_hours_reach_the_app(tmp_path, monkeypatch):
+    started = {}
+    monkeypatch.setattr("os.execve", lambda path, args, env: started.update(env))
+    main(["app", "--workspace", str(tmp_path), "--session-hours", "3"])
+    assert started["EVALKIT_SESSION_HOURS"] == "3"

@@ -6,7 +6,12 @@ import pytest
 
 from evalkit.accounts import Account
 from evalkit.gate.report import REPORTS_SCHEMA
+from evalkit.rating import report
+from evalkit.rating.queue import Item, add_items, claim_next, submit
+from evalkit.rating.report import ranking_report
+from evalkit.rating.rubric import Rating
 from evalkit.results import create_run, finish_run
+from evalkit.stats.ranking import bradley_terry
 from evalkit.store import open_store
 
 from .conftest import PASSWORD, page, rows, sign_in
@@ -83,3 +88,56 @@ def test_a_bad_account_is_refused_on_the_page(workspace):
     at.text_input[1].input("short")
     at.button[0].click().run()
     assert "at least 10" in at.error[0].value and not at.exception
+
+
+def _pairwise_campaign(ws, choices: str) -> None:
+    """Pairs of a baseline and a candidate run, judged by ann in turn (A, B or T per pair)."""
+    pairs = [
+        Item(
+            "pair",
+            [{"role": "user", "content": f"question {n}"}],
+            f"answer {n} of {first}",
+            {"baseline": "base", "candidate": "cand", "n": n},
+            response_b=f"answer {n} of {second}",
+            source_a=first,
+            source_b=second,
+        )
+        for n, (first, second) in enumerate([("base", "cand"), ("cand", "base")] * 10)
+    ]
+    with open_store(ws.store_path) as con:
+        add_items(con, pairs)
+        for choice in choices:
+            shown = claim_next(con, "ann")
+            submit(con, "ann", shown.item_id, Rating(choice={"T": "tie"}.get(choice, choice)))
+
+
+def test_admin_draws_the_ranking_and_the_judgements_still_needed(workspace, monkeypatch):
+    _pairwise_campaign(workspace, "ABAABTAABAB")
+    fits = []
+    monkeypatch.setattr(
+        report, "bradley_terry", lambda *a, **k: fits.append(1) or bradley_terry(*a, **k)
+    )
+    at = page("admin", Account("ada", "admin"))
+    assert not at.exception
+    with open_store(workspace.store_path) as con:
+        ranking, (head_to_head,) = ranking_report(con)
+    strengths = at.dataframe[2].value
+    assert list(strengths["model"]) == [s.model for s in ranking.strengths]
+    for column in ("theta", "low", "high", "wins", "comparisons"):
+        assert list(strengths[column]) == [getattr(s, column) for s in ranking.strengths]
+    shown = at.dataframe[3].value.iloc[0]
+    assert (shown["candidate"], shown["baseline"]) == ("cand", "base")
+    assert shown["win rate"] == head_to_head.win_rate.value
+    assert shown["still needed at 80% power"] == head_to_head.plan.more > 0
+    assert len(at.get("vega_lite_chart")) == 1 and len(fits) == 2  # the test's fit too
+
+    at.run()  # no new rating: nothing resampled again
+    assert len(fits) == 2 and at.dataframe[2].value.equals(strengths)
+    _pairwise_campaign(workspace, "B")
+    at.run()
+    assert len(fits) == 3 and at.dataframe[3].value.iloc[0]["judged"] == head_to_head.plan.have + 1
+
+
+def test_admin_says_when_there_is_no_ab_campaign(workspace):
+    at = page("admin", Account("ada", "admin"))
+    assert "no pairwise judgements in the store yet" in at.info[0].value and not at.exception

@@ -16,7 +16,13 @@ from evalkit.rating.queue import (
     submit,
     submit_and_claim,
 )
-from evalkit.rating.report import annotator_report, gold_correct, load_ratings, queue_status
+from evalkit.rating.report import (
+    annotator_report,
+    gold_correct,
+    load_ratings,
+    queue_status,
+    ratings_version,
+)
 from evalkit.rating.rubric import Rating, load_rubric
 from evalkit.store import connect
 
@@ -318,3 +324,15 @@ def test_default_rubric_has_anchored_dimensions():
     assert rubric.dimension_names == ("helpfulness", "correctness", "harmlessness")
     assert all(sorted(d.anchors) == [1, 2, 3, 4, 5] for d in rubric.dimensions)
     assert rubric.version and set(rubric.instructions) == {"single", "pair", "correction"}
+
+
+def test_the_ratings_version_moves_with_each_rating_only(con):
+    add_items(con, [_item(1), _item(2)])
+    empty = ratings_version(con)
+    assert empty == (0, None)
+    first = claim_next(con, "ann", NO_GOLD).item_id
+    assert ratings_version(con) == empty  # a claim is no rating
+    submit(con, "ann", first, Rating(scores=SCORES))
+    rated = ratings_version(con)
+    submit(con, "ann", claim_next(con, "ann", NO_GOLD).item_id, Rating(skip_reason="unsure"))
+    assert len({empty, rated, ratings_version(con)}) == 3
