@@ -1,8 +1,10 @@
 """Batched, deterministic, cached generation of chat responses.
 
 Prompts are conversations rendered with the model's chat template and a generation prompt,
-left-padded into batches and decoded with a KV cache. Decoding is greedy, or sampled with a
-generator seeded per prompt, so a response never depends on which prompts shared its batch.
+decoded together with a KV cache (:class:`PlainCache` over transformers' forward, the
+reference; for GPT-2 the fast path's :class:`evalkit.accel.decoding.SlotCache`). Decoding is
+greedy, or sampled with a generator seeded per prompt, so a response never depends on which
+prompts shared its batch.
 Repetition penalty and no-repeat n-grams use transformers' logits processors.
 
 Responses are cached in the store by (model hash, chat-template fingerprint, prompt, decoding
