@@ -13,6 +13,7 @@ Safe by default: it binds 127.0.0.1, and binding anywhere else needs API keys
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import ipaddress
@@ -23,14 +24,22 @@ import tempfile
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
+
+import orjson
+from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
 
 from evalkit.errors import EvalkitError
 from evalkit.generation import DecodingConfig, Generation, TextStream
 from monitor.engine import Busy, Engine, Job
-from monitor.events import SCHEMA, EventLog, LogConfig, make_event, new_id
-from monitor.protocol import ChatCompletionRequest, EventsBatch, Feedback, OpenAIError
+from monitor.events import BadEvent, EventLog, LogConfig, events_table, make_event, new_id
+from monitor.protocol import (
+    MAX_EVENTS,
+    ChatCompletionRequest,
+    EventsBatch,
+    Feedback,
+    OpenAIError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +186,10 @@ class Server:
             self.tokenizer,
             max_batch=config.max_batch,
             max_waiting=config.max_waiting,
+            on_step=self._flush,
         )
         self.responses: dict[str, None] = {}  # recent response ids, for feedback
+        self._inbox: LoopInbox | None = None
         self.drift = None
         if drift is not None:
             from monitor.drift.job import DriftJob
@@ -189,6 +200,16 @@ class Server:
                 model=self.name, reference_label=drift.label, store=store,
                 metrics=drift_metrics(self.registry), filter_model=True,
             ).start()  # fmt: skip
+
+    def _flush(self) -> None:
+        if self._inbox is not None:
+            self._inbox.flush()
+
+    def inbox(self, loop: asyncio.AbstractEventLoop) -> LoopInbox:
+        """Where the engine's thread hands the event loop its calls."""
+        if self._inbox is None or self._inbox.loop is not loop:
+            self._inbox = LoopInbox(loop)
+        return self._inbox
 
     def close(self) -> None:
         if self.drift is not None:
@@ -201,9 +222,34 @@ class Server:
         self.metrics.events_ingested.labels(self.name).inc(len(events))
 
 
+class LoopInbox:
+    """Calls from the engine's thread into the event loop, handed over once a decoding step.
+
+    At every step the engine has a token for every streamed row; waking the loop for each
+    (a write to its pipe, and the two threads trading the GIL) took a fifth of the engine's
+    time. :meth:`call` only queues; :meth:`flush`, after the step, wakes the loop once. The
+    calls run in the order they were made."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.calls: collections.deque = collections.deque()
+
+    def call(self, function, *args) -> None:
+        self.calls.append((function, args))
+
+    def flush(self) -> None:
+        if self.calls:
+            self.loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        while self.calls:
+            function, args = self.calls.popleft()
+            function(*args)
+
+
 def create_app(server: Server):
     """The ASGI app over a loaded :class:`Server`."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from prometheus_client import CONTENT_TYPE_LATEST
@@ -275,8 +321,8 @@ def create_app(server: Server):
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return refuse(request, OpenAIError(exc.status_code, str(exc.detail), type=kind))
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
+    def refusal(request: Request) -> JSONResponse | None:
+        """The answer to a request refused before it is read: no key, no or too long a body."""
         length = request.headers.get("content-length")
         allowed = True
         if server.keys and request.url.path.startswith("/v1/"):
@@ -293,7 +339,20 @@ def create_app(server: Server):
         if not allowed:
             error = OpenAIError(401, "a valid API key is required", type="authentication_error")
             return refuse(request, error, log_it=False)
-        return await call_next(request)
+        return None
+
+    def guard(inner):
+        """Plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` would pass every streamed
+        chunk through a queue of its own)."""
+
+        async def guarded(scope, receive, send):
+            if scope["type"] == "http" and (answer := refusal(Request(scope))) is not None:
+                return await answer(scope, receive, send)
+            return await inner(scope, receive, send)
+
+        return guarded
+
+    app.add_middleware(guard)
 
     @app.get("/healthz")
     async def healthz():
@@ -353,33 +412,57 @@ def create_app(server: Server):
             server.metrics.feedback.labels(name, label).inc()
         return {"status": "recorded"}
 
-    @app.post("/v1/events")
-    async def events(body: EventsBatch):
-        try:
-            batch = [make_event(**e) for e in body.events]
-            _loggable(batch)
-        except (EvalkitError, TypeError, ValueError, OverflowError, OSError, RecursionError) as exc:
-            raise OpenAIError(400, str(exc), param="events") from None
+    @app.post("/v1/events", openapi_extra=EVENTS_BODY)
+    async def events(request: Request):
+        batch = _events_batch(request.headers.get("content-type"), await request.body())
         server.record(batch)
-        return {"status": "recorded", "events": len(batch)}
+        return {"status": "recorded", "events": batch.num_rows}
 
+    def openapi() -> dict:
+        """FastAPI's schema, with the body that ``/v1/events`` reads itself."""
+        if app.openapi_schema is None:
+            schemas = FastAPI.openapi(app)["components"]["schemas"]
+            schemas["EventsBatch"] = EventsBatch.model_json_schema()
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 
-def _loggable(events: list[dict]) -> None:
-    """Raise ValueError for an event the log's writer could not write: it takes events as
-    given, and one it cannot write would be lost with its whole batch."""
-    import pyarrow as pa
+EVENTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventsBatch"}}},
+    }
+}
 
-    for event in events:
-        stamp = event["timestamp"]
-        if not isinstance(stamp, datetime):
-            raise ValueError(f"timestamp {repr(stamp)[:80]} is not a time")
-        stamp.astimezone(UTC)  # OverflowError at the ends of the calendar
+
+def _events_batch(content_type: str | None, body: bytes):
+    """The events of a ``POST /v1/events`` body as one table of the log's (``events_table``),
+    the body parsed once; an OpenAIError says what is wrong, for an event its index and field."""
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if not (media.startswith("application/") and media.endswith(("/json", "+json"))):
+        raise OpenAIError(415, f"the body is JSON, sent as application/json, not {content_type!r}")
     try:
-        pa.Table.from_pylist(events, schema=SCHEMA)
-    except pa.ArrowException as exc:
-        raise ValueError(f"an event does not fit the log's columns: {exc}") from None
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:  # the standard parser also takes NaN and lone surrogates
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as exc:
+            message = f"the body is not JSON: {exc.msg} (character {exc.pos})"
+            raise OpenAIError(400, message) from None
+        except (ValueError, RecursionError) as exc:  # not UTF-8, or nested too deep
+            raise OpenAIError(400, f"the body is not JSON: {exc}") from None
+    events = data.get("events") if isinstance(data, dict) else None
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
+        message = f"events: a list of 1 to {MAX_EVENTS:,} events is required"
+        raise OpenAIError(400, message, param="events")
+    try:
+        return events_table(events)
+    except BadEvent as exc:
+        raise OpenAIError(400, str(exc), param=exc.param) from None
+    except EvalkitError as exc:
+        raise OpenAIError(400, str(exc), param="events") from None
 
 
 def _logged(server: Server, response_id: str) -> bool:
@@ -465,17 +548,27 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
         "metadata": body.metadata,
     }
     result: asyncio.Future = loop.create_future()
-    tokens_out: asyncio.Queue = asyncio.Queue()
+    fresh = asyncio.Event()  # new tokens, or the result
+    latest: list[list[int] | None] = [None]  # the tokens so far, not yet streamed
     first: list[float] = []
+    inbox = server.inbox(loop)
 
-    def on_token(tokens: list[int]) -> None:
+    def arrive(tokens: list[int]) -> None:
+        latest[0] = tokens
+        fresh.set()
+
+    def settle(outcome) -> None:
+        _settle(result, outcome)
+        fresh.set()
+
+    def on_token(tokens: list[int]) -> None:  # on the engine's thread
         if not first:
             first.append(time.perf_counter())
         if body.stream:
-            loop.call_soon_threadsafe(tokens_out.put_nowait, list(tokens))
+            inbox.call(arrive, list(tokens))
 
-    def done(outcome) -> None:
-        loop.call_soon_threadsafe(_settle, result, outcome)
+    def done(outcome) -> None:  # on the engine's thread
+        inbox.call(settle, outcome)
 
     try:
         server.engine.submit(Job(messages, config, done, on_token))
@@ -485,7 +578,14 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
             headers={"Retry-After": "1"},
         ) from None  # fmt: skip
 
+    ended: list[int] = []
+
     def finish(status: int, generation: Generation | None, error: str | None = None) -> None:
+        """Count and log the exchange, once (a client that leaves at the last chunk of an
+        answer logged as given is not logged again as gone)."""
+        if ended:
+            return
+        ended.append(status)
         latency = time.perf_counter() - started
         ttft = (first[0] - started) if first else None
         reason = generation.finish_reason if generation else "none"
@@ -565,27 +665,24 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
-                while not tokens_out.empty():
-                    if delta := text.delta(tokens_out.get_nowait()):
-                        yield chunk({"content": delta})
+                fresh.clear()
+                tokens, latest[0] = latest[0], None
+                # the text of every token that came since the last chunk: one chunk a token
+                # while the client keeps up, fewer and longer ones when it does not
+                if tokens is not None and (delta := text.delta(tokens)):
+                    yield chunk({"content": delta})
                 if result.done():
                     break
-                getter = asyncio.ensure_future(tokens_out.get())
-                left = server.config.timeout_s - (time.perf_counter() - started)
-                await asyncio.wait(
-                    {getter, result}, timeout=max(left, 0), return_when=asyncio.FIRST_COMPLETED
-                )
-                if not getter.done() and not result.done():  # the request's time is up
-                    getter.cancel()
-                    finish(504, None, "timed out")
-                    error = OpenAIError(504, "the request timed out", type="timeout_error")
-                    yield f"data: {json.dumps(error.body())}\n\n"
-                    return
-                if getter.done():
-                    if delta := text.delta(getter.result()):
-                        yield chunk({"content": delta})
-                else:
-                    getter.cancel()
+                if tokens is None:
+                    left = server.config.timeout_s - (time.perf_counter() - started)
+                    try:
+                        async with asyncio.timeout(max(left, 0)):
+                            await fresh.wait()
+                    except TimeoutError:  # the request's time is up
+                        finish(504, None, "timed out")
+                        error = OpenAIError(504, "the request timed out", type="timeout_error")
+                        yield f"data: {json.dumps(error.body())}\n\n"
+                        return
             generation = result.result()
             if isinstance(generation, BaseException):
                 raise generation
@@ -602,8 +699,8 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
                     "usage": usage(generation),
                 }
                 yield f"data: {json.dumps(data)}\n\n"
-            yield "data: [DONE]\n\n"
-            finish(200, generation)
+            finish(200, generation)  # logged before the end is sent: a client that has it
+            yield "data: [DONE]\n\n"  # finds its exchange in the log
         except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
             finish(499, None, "the client closed the connection")
             raise

@@ -10,12 +10,21 @@ import time
 from datetime import UTC, datetime
 
 import duckdb
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
 from evalkit.errors import EvalkitError
 from evalkit.rating.sources import Selection, items_from_events
-from monitor.events import COLUMNS, EventLog, LogConfig, make_event
+from monitor.events import (
+    COLUMNS,
+    SCHEMA,
+    BadEvent,
+    EventLog,
+    LogConfig,
+    events_table,
+    make_event,
+)
 
 
 def _exchange(i: int, **extra) -> dict:
@@ -86,6 +95,55 @@ def test_a_bad_event_is_named():
     with pytest.raises(EvalkitError, match="event type"):
         make_event(type="click")
     assert make_event(timestamp=0)["timestamp"] == datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def test_a_batch_is_the_table_make_event_gives_event_by_event(tmp_path):
+    """``events_table`` (the /v1/events path) against the reference: ``make_event`` on each
+    event, then pyarrow's own conversion of the rows. Only the ids and times it makes up differ."""
+    batch = [
+        {"prompt": [{"role": "user", "content": "hé"}], "response": "a", "latency_s": 0.5},
+        {"prompt": "[]", "response": "b", "timestamp": "2026-12-01T10:00:00+01:00"}
+        | {"event_id": "e1", "type": "feedback", "metadata": {"k": [1]}, "user_feedback": -1},
+        {"event_id": "e2", "timestamp": 0, "completion_tokens": 3, "status": 200, "rating": 5},
+    ]
+    table = events_table(batch)
+    reference = pa.Table.from_pylist([make_event(**e) for e in batch], schema=SCHEMA)
+    assert table.schema == reference.schema
+    for name in COLUMNS:
+        made, expected = table[name].to_pylist(), reference[name].to_pylist()
+        if name in ("event_id", "timestamp"):  # the first event has neither: each makes its own
+            assert made[1:] == expected[1:], name
+        else:
+            assert made == expected, name
+    assert table["event_id"][0].as_py().startswith("ev-")
+    log = EventLog(tmp_path, LogConfig(max_events=1000, max_age_s=60))
+    log.append(_exchange(0))
+    log.extend(table)  # written as it is, beside the events appended one by one
+    log.close()
+    assert _count(tmp_path) == 4 and log.written == 4 and log.lost == 0
+    assert len({p.parent.name for p in _files(tmp_path)}) == 3  # now, 2026-12-01, 1970-01-01
+
+
+@pytest.mark.parametrize(
+    ("event", "param", "words"),
+    [
+        ({"promt": "x"}, "events.1.promt", "unknown event field 'promt'"),
+        ({"status": "200"}, "events.1.status", "int16"),
+        ({"status": 99999}, "events.1.status", "int16"),
+        ({"latency_s": [1]}, "events.1.latency_s", "double"),
+        ({"timestamp": "yesterday"}, "events.1.timestamp", "not ISO 8601"),
+        ({"timestamp": "0001-01-01T00:00:00+01:00"}, "events.1.timestamp", "out of range"),
+        ({"timestamp": float("nan")}, "events.1.timestamp", "out of range"),
+        ({"timestamp": {}}, "events.1.timestamp", "not a time"),
+        ({"response": "\ud800"}, "events.1.response", "surrogates"),
+        ({"type": "click"}, "events.1.type", "event type"),
+        ("an answer", "events.1", "object"),
+    ],
+)
+def test_a_bad_event_of_a_batch_is_named_by_index_and_field(event, param, words):
+    with pytest.raises(BadEvent, match=words) as info:
+        events_table([{"response": "fine"}, event, {"status": "also bad, but second"}])
+    assert info.value.param == param and info.value.message.startswith(f"{param}: ")
 
 
 WRITER = """

@@ -53,12 +53,18 @@ def _post(base, path, data: bytes, content_type="application/json"):
         return error.code, json.loads(error.read())
 
 
-def _logged(events) -> list[dict]:
-    time.sleep(0.4)  # past the log's flush age
-    con = duckdb.connect()
-    rows = con.execute(f"SELECT * FROM read_parquet('{events}/*/*.parquet', union_by_name=true)")
-    names = [d[0] for d in rows.description]
-    return [dict(zip(names, row)) for row in rows.fetchall()]
+def _logged(served, until=lambda rows: True) -> list[dict]:
+    """The logged events once ``until(rows)`` holds (the log flushed; the writer's thread
+    may hold a batch a little longer), at most 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        served.server.events.flush()
+        files = f"{served.events}/*/*.parquet"
+        rows = duckdb.sql(f"SELECT * FROM read_parquet('{files}', union_by_name=true)")
+        rows = [dict(zip(rows.columns, row)) for row in rows.fetchall()]
+        if until(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
 
 
 def test_a_plain_answer_equals_the_evaluation_run_and_is_logged(served):
@@ -72,7 +78,8 @@ def test_a_plain_answer_equals_the_evaluation_run_and_is_logged(served):
     assert choice.finish_reason == expected.finish_reason
     assert answer.usage.completion_tokens == expected.tokens
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + expected.tokens
-    event = next(e for e in _logged(served.events) if e["response_id"] == answer.id)
+    logged = _logged(served, lambda rows: any(e["response_id"] == answer.id for e in rows))
+    event = next(e for e in logged if e["response_id"] == answer.id)
     assert event["type"] == "exchange" and event["status"] == 200
     assert json.loads(event["prompt"]) == QUESTION and event["response"] == expected.text
     assert event["model_version"] == served.server.identity["model_hash"]
@@ -187,11 +194,30 @@ def test_feedback_and_events_from_elsewhere_are_logged(served):
     )
     status, body = _post(served.base, "/v1/events", b'{"events": [{"promt": "x"}]}')
     assert status == 400 and "promt" in body["error"]["message"]
-    logged = _logged(served.events)
+    logged = _logged(served, lambda rows: {"fine", "ok"} <= {e["response"] for e in rows})
     feedback = next(e for e in logged if e["type"] == "feedback" and e["status"] == 200)
     assert feedback["response_id"] == answer.id and feedback["user_feedback"] == -1
     assert feedback["correction"] == "I am well, thanks."
     assert {e["response"] for e in logged} >= {"fine", "ok"}
+
+
+def test_a_bad_event_of_a_batch_is_refused_by_index_and_field(served):
+    batch = [{"prompt": QUESTION, "response": "never logged"}, {"latency_s": "slow"}]
+    status, body = _post(served.base, "/v1/events", json.dumps({"events": batch}).encode())
+    assert status == 400 and body["error"]["param"] == "events.1.latency_s"
+    assert "'slow'" in body["error"]["message"]
+    status, body = _post(served.base, "/v1/events", b'{"events": []}')
+    assert status == 400 and body["error"]["param"] == "events"
+    status, body = _post(served.base, "/v1/events", b'{"events": [{"a": 1}', "application/json")
+    assert status == 400 and "not JSON" in body["error"]["message"]
+    status, body = _post(served.base, "/v1/events", b'{"events": [{}]}', "text/plain")
+    assert status == 415 and body["error"]["message"]
+    # NaN is not JSON, but Python's json.dumps writes it: taken, as before orjson parsed bodies.
+    nan = b'{"events": [{"response": "a NaN latency", "latency_s": NaN}]}'
+    assert _post(served.base, "/v1/events", nan) == (200, {"status": "recorded", "events": 1})
+    logged = _logged(served, lambda rows: "a NaN latency" in {e["response"] for e in rows})
+    responses = {e["response"] for e in logged}
+    assert "a NaN latency" in responses and "never logged" not in responses
 
 
 def test_models_health_and_metrics(served, require_binary):
@@ -256,8 +282,12 @@ def test_the_client_of_a_model_served_elsewhere_counts_every_event(served, tmp_p
     assert client.flush()
     client.close()
     assert (client.sent, client.failed, client.dropped) == (20, 0, 0)
-    responses = {e["response"] for e in _logged(served.events)}
-    assert {f"elsewhere {i}" for i in range(20)} <= responses
+    expected = {f"elsewhere {i}" for i in range(20)}
+    responses = {
+        e["response"]
+        for e in _logged(served, lambda rows: expected <= {e["response"] for e in rows})
+    }
+    assert expected <= responses
 
     unreachable = EventClient(f"http://127.0.0.1:{free_port()}", retries=0, max_wait_s=0.01)
     unreachable.log(prompt=QUESTION, response="lost?")
@@ -268,6 +298,20 @@ def test_the_client_of_a_model_served_elsewhere_counts_every_event(served, tmp_p
     direct.log(prompt=QUESTION, response="straight to the log")
     direct.close()
     assert direct.sent == 1 and list(tmp_path.glob("date=*/*.parquet"))
+
+
+def test_the_client_sends_a_batch_over_the_body_limit_in_halves(serving, tmp_path):
+    from monitor.client import EventClient
+
+    with serving(tmp_path / "events", max_body_bytes=20_000) as served:
+        client = EventClient(served.base, max_batch=100, max_wait_s=0.05)
+        for i in range(100):  # about 90 kB in one batch
+            client.log(prompt=QUESTION, response=f"long {i} " + "x" * 500)
+        client.close()
+        assert (client.sent, client.failed, client.dropped) == (100, 0, 0)
+        expected = {f"long {i} " + "x" * 500 for i in range(100)}
+        logged = _logged(served, lambda rows: expected <= {e["response"] for e in rows})
+    assert expected <= {e["response"] for e in logged}
 
 
 def test_a_template_other_than_the_gated_one_is_refused(micro_model, tmp_path, serving):
