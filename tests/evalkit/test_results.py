@@ -50,16 +50,17 @@ def test_compare_by_a_reused_name_takes_the_complete_run(make_run, workspace, ca
 
 
 def test_runs_rm_deletes_the_run_and_its_rows(make_run, workspace, capsys):
+    # names that are no prefix of a run id (hex): "b" was, one time in 16, of the kept run's
     with open_store(workspace.store_path) as con:
-        keep, gone = make_run(con, "a"), make_run(con, "b")
-    assert main(["--workspace", str(workspace.root), "runs", "rm", "b"]) == 0
+        keep, gone = make_run(con, "kept"), make_run(con, "gone")
+    assert main(["--workspace", str(workspace.root), "runs", "rm", "gone"]) == 0
     assert f"removed run {gone}" in capsys.readouterr().out
     with open_store(workspace.store_path) as con:
         for table in ("eval_runs", "eval_examples", "eval_scores"):
             ids = {r for (r,) in con.execute(f"SELECT DISTINCT run_id FROM {table}").fetchall()}
             assert ids == {keep}
-        with pytest.raises(EvalkitError, match="no evaluation run 'b'"):
-            remove_run(con, "b")
+        with pytest.raises(EvalkitError, match="no evaluation run 'gone'"):
+            remove_run(con, "gone")
 
 
 def test_runs_rename_and_a_taken_name(make_run, workspace, capsys):
