@@ -73,7 +73,7 @@ async def annotator(browser, url, name: str, quota: int, samples: list, dropped:
     await page.get_by_label("Name", exact=True).fill(name)
     await page.get_by_label("Password", exact=True).fill(PASSWORD)
     await page.keyboard.press("Enter")
-    await page.get_by_role("heading", name="Rate").wait_for()
+    await page.get_by_role("heading", name="Rate").wait_for(timeout=120_000)  # 8 at once
     await page.wait_for_function(f"() => ({QUESTION})() !== ''")
     for _ in range(quota):
         question = await page.evaluate(QUESTION)
