@@ -24,6 +24,7 @@ import tempfile
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -191,6 +192,8 @@ class Server:
         self.responses: dict[str, None] = {}  # recent response ids, for feedback
         self._inbox: LoopInbox | None = None
         self.drift = None
+        # The drift job judges the exchanges this server logs: after a restart it does not
+        # judge the last window of the process before (whose alerts that one raised, or not).
         if drift is not None:
             from monitor.drift.job import DriftJob
             from monitor.metrics import drift_metrics
@@ -199,6 +202,7 @@ class Server:
                 drift.reference, drift.config, events_dir, drift.featurizer, every=drift.every,
                 model=self.name, reference_label=drift.label, store=store,
                 metrics=drift_metrics(self.registry), filter_model=True,
+                since=datetime.now(UTC),
             ).start()  # fmt: skip
 
     def _flush(self) -> None:

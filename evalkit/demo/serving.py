@@ -142,7 +142,8 @@ def send_traffic(ws: Workspace, config: DemoConfig, serving: Serving, data: Data
     exchanges = query(
         ws.events_dir,
         "SELECT response_id, prompt, response FROM events WHERE type = 'exchange' "
-        "AND response IS NOT NULL ORDER BY response_id",
+        "AND response IS NOT NULL AND epoch(timestamp) >= ? ORDER BY response_id",
+        [started],  # this run's (a workspace may hold an earlier demo's)
     )
     # Simulated users: a seeded third of them (by what was asked and answered) give thumbs,
     # by the simulated annotator's rule against the reference answer.
@@ -182,15 +183,17 @@ def read_drift(ws: Workspace, traffic: Traffic) -> dict:
     from evalkit.store import open_store
 
     with open_store(ws.store_path, read_only=True) as con:
+        # this run's (a workspace may hold an earlier demo's)
         alerts = con.execute(
             "SELECT feature, epoch(started_at) FROM drift_alerts WHERE model = ? "
-            "ORDER BY started_at",
-            [SERVED],
+            "AND epoch(started_at) >= ? ORDER BY started_at",
+            [SERVED, traffic.started],
         ).fetchall()
         passes = con.execute(
             "SELECT epoch(judged_at), bool_or(drifted), max(events) FROM drift_results "
-            "WHERE model = ? GROUP BY pass_id, judged_at ORDER BY judged_at",
-            [SERVED],
+            "WHERE model = ? AND epoch(judged_at) >= ? "
+            "GROUP BY pass_id, judged_at ORDER BY judged_at",
+            [SERVED, traffic.started],
         ).fetchall()
     calm = [p for p in passes if p[0] < traffic.drift_started]
     return {

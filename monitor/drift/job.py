@@ -151,10 +151,15 @@ def drift_pass(
     featurizer: Featurizer,
     model: str | None = None,
     now: datetime | None = None,
+    since: datetime | None = None,
 ) -> Pass:
-    """Judge the latest window of the log against ``reference``."""
+    """Judge the latest window of the log against ``reference`` (of the exchanges logged
+    from ``since`` on, if given)."""
     now = now or datetime.now(UTC)
     where, params = ("model = ?", [model]) if model else ("true", [])
+    if since is not None:
+        where += " AND ts >= epoch_us(?::TIMESTAMPTZ)"
+        params.append(since)
     con = open_events(events_dir)
     try:
         if config.by_time:
@@ -282,10 +287,12 @@ class DriftJob:
         store: Path | None = None,
         metrics=None,
         filter_model: bool = False,
+        since: datetime | None = None,
     ):
         self.args = (reference, config, events_dir, featurizer)
         self.every, self.model, self.label = every, model, reference_label
         self.store, self.metrics, self.filter_model = store, metrics, filter_model
+        self.since = since  # judge only the exchanges logged from then on
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="drift", daemon=True)
 
@@ -300,7 +307,7 @@ class DriftJob:
 
         reference, config, events_dir, featurizer = self.args
         model = self.model if self.filter_model else None
-        result = drift_pass(reference, config, events_dir, featurizer, model)
+        result = drift_pass(reference, config, events_dir, featurizer, model, since=self.since)
         if self.metrics is not None:
             self.metrics.export(self.model, result.window.results, len(result.frame))
         write_flags(events_dir, result)

@@ -222,3 +222,28 @@ def test_a_period_of_the_log_is_a_reference(workspace, tmp_path, capsys):
     assert "reference: log:2026-12-01..2026-12-02, 300 exchanges" in captured.err
     assert main([*args, "--reference", "log:2026-12-01..yesterday"]) == 2
     assert "'yesterday' is not ISO 8601" in capsys.readouterr().err
+
+
+def test_a_job_judges_only_the_exchanges_logged_from_its_start(workspace, tmp_path):
+    """A restarted server's drift job does not re-judge the window of the process before."""
+    from evalkit.errors import EvalkitError
+    from finetune.data.corpora import labelled_prompts
+    from monitor.drift.detector import DriftConfig
+    from monitor.drift.job import DriftJob, load_reference, open_featurizer
+
+    reference = write(tmp_path / "ref.jsonl", events(SUPPORT, 300, START, seed=1))
+    later = START + timedelta(days=1)
+    old = write(tmp_path / "old.jsonl", events(OTHER, 200, later, seed=5))
+    assert main(["monitor", "import", str(old)]) == 0
+    config = DriftConfig(window_events=100, features=("topic",))
+    featurizer, _ = open_featurizer(workspace / "drift", labelled_prompts)
+    ref = load_reference(f"file:{reference}", workspace / "events", featurizer, config)
+
+    def job(since):
+        return DriftJob(ref, config, workspace / "events", featurizer, every=0, model="all",
+                        reference_label="ref", since=since)  # fmt: skip
+
+    assert len(job(None).run_once()[0].frame) == 100
+    assert len(job(later + timedelta(seconds=150)).run_once()[0].frame) == 50
+    with pytest.raises(EvalkitError, match="the window holds no exchange"):
+        job(later + timedelta(hours=1)).run_once()
