@@ -8,17 +8,10 @@ from evalkit.accel.decoding import SlotCache, supports
 from evalkit.accel.layers import same_within_rounding
 from evalkit.generation import Decoder, DecodingConfig, PlainCache, generate, render
 from evalkit.models import load_model
+from finetune.data.corpora import load_support_faq
 
-QUESTIONS = [
-    "hello",
-    "how do I install a package?",
-    "what is your name",
-    "tell me about the weather today, it is raining a lot here",
-    "hi",
-    "do you like music?",
-    "why is the sky blue",
-    "can I get a refund for my order?",
-]
+# the first user turns of the support FAQ, and a chit-chat greeting (prompts of many lengths)
+QUESTIONS = [c["messages"][0]["content"] for c in load_support_faq()[:7]] + ["hi"]
 CONVERSATIONS = [[{"role": "user", "content": q}] for q in QUESTIONS]
 
 
