@@ -32,7 +32,8 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as the CLI runs training
 import torch
 from summary import emit, size
 
-LR, BATCH, MAX_LENGTH, WARMUP, SEED = 1e-3, 8, 256, 10, 0
+LR, BATCH, WARMUP, SEED = 1e-3, 8, 10, 0
+MAX_LENGTH = size(256, 64)  # the micro model of QUICK=1 has a context of 64
 
 
 def matmul_gflops(n: int = 2048, repeat: int = 30) -> float:
@@ -84,7 +85,7 @@ def run_evalkit(base: str, data: Path, out: Path) -> tuple[float, Path]:
             warmup_steps=WARMUP,
             epochs=1,
             eval_every=10**9,
-            log_every=5,
+            log_every=size(5, 1),  # QUICK=1 trains a few steps only
             seed=SEED,
         )
     ).run
@@ -160,10 +161,10 @@ def main() -> None:
     data = (
         Path(args.data)
         if args.data
-        else ws.datasets_dir / size("bench-chitchat-256", "bench-quick")
+        else ws.datasets_dir / size("bench-chitchat-256", "bench-quick-64")
     )
     if not args.data and not (data / "manifest.json").exists():
-        write_jsonl(load_chitchat()[: size(None, 300)], ws.datasets_dir / "raw" / "chitchat.jsonl")
+        write_jsonl(load_chitchat()[: size(None, 3000)], ws.datasets_dir / "raw" / "chitchat.jsonl")
         prepare(
             [ws.datasets_dir / "raw" / "chitchat.jsonl"],
             data,
