@@ -89,7 +89,8 @@ class Engine:
             block = False
 
     def _run(self) -> None:
-        if self.model.device.type == "cpu" and small_model(self.model) and openmp_per_thread():
+        on_cpu = next(self.model.parameters()).device.type == "cpu"  # as the Decoder reads it
+        if on_cpu and small_model(self.model) and openmp_per_thread():
             one_thread_here()  # its ops are short: one core, the others left to HTTP
         decoder: Decoder | None = None
         open_ = True

@@ -1,4 +1,4 @@
-"""Every speedup of scoring and training, behind one switch.
+"""Every speedup of scoring, training and generation, behind one switch.
 
 The plain code is the reference: :func:`evalkit.perplexity.sequence_nll` runs the whole model and
 takes PyTorch's cross-entropy, and :class:`finetune.loss.TargetNLL` is the textbook next-token
@@ -9,10 +9,13 @@ each speedup only where the numbers agree within rounding:
 - :mod:`evalkit.accel.output_layer`: the output layer run only at the scored tokens, its
   log-sum-exp in base 2 (scoring and training);
 - :mod:`evalkit.accel.perplexity`: windows batched by a token budget, a small model's batches on
-  one worker thread per core.
+  one worker thread per core (:mod:`evalkit.accel.threads`);
+- :mod:`evalkit.accel.decoding`: GPT-2 decoding with a cache slot per row, checked against
+  :class:`evalkit.generation.PlainCache` (transformers' forward) on a model's first prompts.
 
-The switch is the ``fast`` keyword of the scoring and training entry points (``None``: the process
-default), and ``EVALKIT_FAST=0`` in the environment turns every speedup off for the process.
+The switch is the ``fast`` keyword of the scoring, training and generation entry points
+(``None``: the process default), and ``EVALKIT_FAST=0`` in the environment turns every speedup
+off for the process.
 Figures are in ``benchmarks/RESULTS.md``.
 """
 
