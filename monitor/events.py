@@ -154,15 +154,27 @@ ARROW_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError)
 def _array(values: list, field: pa.Field) -> pa.Array:
     """One column; where a value does not fit its type, a BadEvent names the first."""
     try:
-        return pa.array(values, type=field.type)
+        return _exact(values, field.type)
     except ARROW_ERRORS as exc:
         for index, value in enumerate(values):
             try:
-                pa.array([value], type=field.type)
+                _exact([value], field.type)
             except ARROW_ERRORS as one:
                 problem = f"{value!r:.80} cannot be stored as {field.type}: {one}"
                 raise BadEvent(index, field.name, problem) from None
         raise EvalkitError(f"the events do not fit the log's column {field.name}: {exc}") from None
+
+
+def _exact(values: list, type: pa.DataType) -> pa.Array:
+    """``pa.array``, refusing what it would change: a fraction for an integer column (pyarrow
+    truncates 1.5 to 1) and true/false for a number column (pyarrow stores 1.0 and 0.0)."""
+    if pa.types.is_integer(type) and any(
+        isinstance(v, float) and not v.is_integer() for v in values
+    ):
+        raise ValueError("not a whole number")
+    if pa.types.is_floating(type) and any(isinstance(v, bool) for v in values):
+        raise TypeError("a number, not true or false, is expected")
+    return pa.array(values, type=type)
 
 
 def _event_type(value) -> str:

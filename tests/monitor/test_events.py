@@ -101,7 +101,12 @@ def test_a_batch_is_the_table_make_event_gives_event_by_event(tmp_path):
     """``events_table`` (the /v1/events path) against the reference: ``make_event`` on each
     event, then pyarrow's own conversion of the rows. Only the ids and times it makes up differ."""
     batch = [
-        {"prompt": [{"role": "user", "content": "hé"}], "response": "a", "latency_s": 0.5},
+        {
+            "prompt": [{"role": "user", "content": "hé"}],
+            "response": "a",
+            "latency_s": 0.5,
+            "prompt_tokens": 7.0,
+        },
         {"prompt": "[]", "response": "b", "timestamp": "2026-12-01T10:00:00+01:00"}
         | {"event_id": "e1", "type": "feedback", "metadata": {"k": [1]}, "user_feedback": -1},
         {"event_id": "e2", "timestamp": 0, "completion_tokens": 3, "status": 200, "rating": 5},
@@ -131,6 +136,9 @@ def test_a_batch_is_the_table_make_event_gives_event_by_event(tmp_path):
         ({"status": "200"}, "events.1.status", "int16"),
         ({"status": 99999}, "events.1.status", "int16"),
         ({"latency_s": [1]}, "events.1.latency_s", "double"),
+        ({"latency_s": True}, "events.1.latency_s", "not true or false"),
+        ({"prompt_tokens": 1.5}, "events.1.prompt_tokens", "not a whole number"),
+        ({"completion_tokens": float("nan")}, "events.1.completion_tokens", "whole"),
         ({"timestamp": "yesterday"}, "events.1.timestamp", "not ISO 8601"),
         ({"timestamp": "0001-01-01T00:00:00+01:00"}, "events.1.timestamp", "out of range"),
         ({"timestamp": float("nan")}, "events.1.timestamp", "out of range"),
