@@ -33,7 +33,15 @@ from fastapi import Request  # at module level: FastAPI resolves the routes' ann
 from evalkit.errors import EvalkitError
 from evalkit.generation import DecodingConfig, Generation, TextStream
 from monitor.engine import Busy, Engine, Job
-from monitor.events import BadEvent, EventLog, LogConfig, events_table, make_event, new_id
+from monitor.events import (
+    BadEvent,
+    EventLog,
+    LogConfig,
+    events_table,
+    holds_response,
+    make_event,
+    new_id,
+)
 from monitor.protocol import (
     MAX_EVENTS,
     ChatCompletionRequest,
@@ -391,7 +399,8 @@ def create_app(server: Server):
 
     @app.post("/v1/feedback")
     async def feedback(body: Feedback):
-        if body.response_id not in server.responses and not _logged(server, body.response_id):
+        known = body.response_id in server.responses
+        if not known and not await asyncio.to_thread(_logged, server, body.response_id):
             raise OpenAIError(404, f"no response {body.response_id!r}", param="response_id")
         kinds = [k for k in ("thumbs", "rating", "comment", "correction") if getattr(body, k)]
         if not kinds:
@@ -470,21 +479,10 @@ def _events_batch(content_type: str | None, body: bytes):
 
 
 def _logged(server: Server, response_id: str) -> bool:
-    """Whether the log holds an exchange with that response id (one from before a restart)."""
-    import duckdb
-
+    """Whether the log holds that response id (one from before a restart); read in a thread,
+    out of the event loop's way."""
     server.events.flush()
-    files = sorted(server.events.folder.glob("date=*/*.parquet"))
-    if not files:
-        return False
-    con = duckdb.connect()
-    try:
-        rel = con.read_parquet([str(f) for f in files], union_by_name=True)
-        rel.create_view("events")
-        found = con.execute("SELECT 1 FROM events WHERE response_id = ? LIMIT 1", [response_id])
-        return bool(found.fetchall())
-    finally:
-        con.close()
+    return holds_response(server.events.folder, response_id)
 
 
 def decoding(server: Server, body: ChatCompletionRequest) -> DecodingConfig:

@@ -23,7 +23,10 @@ from monitor.events import (
     EventLog,
     LogConfig,
     events_table,
+    holds_response,
+    id_day,
     make_event,
+    new_id,
 )
 
 
@@ -152,6 +155,29 @@ def test_a_bad_event_of_a_batch_is_named_by_index_and_field(event, param, words)
     with pytest.raises(BadEvent, match=words) as info:
         events_table([{"response": "fine"}, event, {"status": "also bad, but second"}])
     assert info.value.param == param and info.value.message.startswith(f"{param}: ")
+
+
+def test_a_response_id_tells_its_day_and_is_looked_up_there_first(tmp_path):
+    made = new_id("chatcmpl")
+    assert id_day(made) == datetime.now(UTC).date() and len(made) == len("chatcmpl-") + 32
+    assert id_day("chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT") is None  # one of OpenAI's
+    assert len({new_id("x") for _ in range(1000)}) == 1000
+    log = EventLog(tmp_path, LogConfig(max_events=1000, max_age_s=60))
+    log.append(_exchange(0, response_id=made))
+    log.append(_exchange(1, response_id="resp-elsewhere", timestamp=0))
+    backfilled = new_id("chatcmpl")  # made today, but imported with a time of its own
+    log.append(_exchange(2, response_id=backfilled, timestamp="2020-05-01T00:00:00+00:00"))
+    log.close()
+    for response_id in (made, "resp-elsewhere", backfilled):
+        assert holds_response(tmp_path, response_id), response_id
+    assert not holds_response(tmp_path, new_id("chatcmpl"))
+    assert not holds_response(tmp_path, "chatcmpl-unknown")
+    # Today's id is found in today's files alone: an unreadable file of another day is not read.
+    (tmp_path / "date=1999-01-01").mkdir()
+    (tmp_path / "date=1999-01-01" / "broken.parquet").write_bytes(b"not parquet")
+    assert holds_response(tmp_path, made)
+    with pytest.raises(duckdb.Error):
+        holds_response(tmp_path, "resp-elsewhere")
 
 
 WRITER = """

@@ -184,7 +184,8 @@ def test_feedback_and_events_from_elsewhere_are_logged(served):
     assert status == 400
     elsewhere = {
         "events": [
-            {"prompt": QUESTION, "response": "fine", "model": "vllm-model", "latency_s": 0.2},
+            {"prompt": QUESTION, "response": "fine", "model": "vllm-model", "latency_s": 0.2}
+            | {"response_id": "cmpl-from-vllm"},
             {"prompt": QUESTION, "response": "ok", "timestamp": "2026-12-01T10:00:00Z"},
         ]
     }
@@ -194,9 +195,17 @@ def test_feedback_and_events_from_elsewhere_are_logged(served):
     )
     status, body = _post(served.base, "/v1/events", b'{"events": [{"promt": "x"}]}')
     assert status == 400 and "promt" in body["error"]["message"]
+    # Feedback on an exchange served elsewhere: its id is found in the log, not in memory.
+    verdict = b'{"response_id": "cmpl-from-vllm", "thumbs": "up"}'
+    assert _post(served.base, "/v1/feedback", verdict)[0] == 200
     logged = _logged(served, lambda rows: {"fine", "ok"} <= {e["response"] for e in rows})
-    feedback = next(e for e in logged if e["type"] == "feedback" and e["status"] == 200)
-    assert feedback["response_id"] == answer.id and feedback["user_feedback"] == -1
+    feedback = {
+        e["response_id"]: e for e in logged if e["type"] == "feedback" and e["status"] == 200
+    }
+    assert feedback.keys() == {answer.id, "cmpl-from-vllm"}
+    assert feedback["cmpl-from-vllm"]["user_feedback"] == 1
+    feedback = feedback[answer.id]
+    assert feedback["user_feedback"] == -1
     assert feedback["correction"] == "I am well, thanks."
     assert {e["response"] for e in logged} >= {"fine", "ok"}
 
