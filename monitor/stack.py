@@ -54,11 +54,21 @@ class Background:
     log: Path
 
     @classmethod
-    def start(cls, name: str, command: list[str], log: Path, ready_url: str, timeout: float):
-        """Start ``command`` and wait until ``ready_url`` answers 200 (or fail with its log)."""
+    def start(
+        cls,
+        name: str,
+        command: list[str],
+        log: Path,
+        ready_url: str,
+        timeout: float,
+        *,
+        cwd: Path | None = None,
+    ):
+        """Start ``command`` (in the folder ``cwd``, default this process's) and wait until
+        ``ready_url`` answers 200 (or fail with its log)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
         running = cls(name, process, log)
         deadline = time.monotonic() + timeout
         while not _answers(ready_url):

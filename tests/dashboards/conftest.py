@@ -1,6 +1,8 @@
-"""A workspace with accounts and a small queue, and the app driven by Streamlit's AppTest."""
+"""A workspace with accounts and a small queue, and the app driven by Streamlit's AppTest; the
+real app (`evalkit app`) and headless Chromium for the browser tests."""
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,9 @@ from streamlit.testing.v1 import AppTest
 from evalkit.accounts import Account, create_account
 from evalkit.rating.queue import Item, add_items
 from evalkit.store import open_store
-from evalkit.workspace import ENV_VAR, open_workspace
+from evalkit.workspace import ENV_VAR, Workspace, open_workspace
+from monitor.stack import Background, free_port
+from tests.conftest import binary_or_skip
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 PASSWORD = "correct horse battery"
@@ -39,6 +43,30 @@ def workspace(tmp_path, monkeypatch, accounts_store):
     ws = open_workspace()
     shutil.copyfile(accounts_store, ws.store_path)
     return ws
+
+
+def start_app(
+    ws: Workspace, folder: Path, *, port: int | None = None, cwd: Path | None = None
+) -> tuple[Background, str]:
+    """`evalkit app` on ``ws``, started from ``cwd`` on a loopback ``port`` (default a free
+    one), its log in ``folder``; the running server and its URL."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "evalkit.cli", "app", "--workspace", str(ws.root)]
+    url = f"http://127.0.0.1:{port}"
+    log, ready = folder / "server.log", f"{url}/_stcore/health"
+    app = Background.start("evalkit app", [*command, "--port", str(port)], log, ready, 60, cwd=cwd)
+    return app, url
+
+
+@pytest.fixture
+def browser():
+    """The system's Chromium, headless, driven by Playwright (nothing downloaded)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = binary_or_skip("chromium")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True)
+        yield browser
+        browser.close()
 
 
 def queue(ws, items) -> None:

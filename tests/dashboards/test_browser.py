@@ -4,40 +4,22 @@ sessions are read back from DuckDB."""
 
 import json
 import os
-import sys
 import time
 
 import pytest
 
 from evalkit.rating.annotate import QUIET_S
 from evalkit.store import open_store
-from monitor.stack import Background, free_port
-from tests.conftest import binary_or_skip
 
-from .conftest import PASSWORD, item, queue
-
-playwright = pytest.importorskip("playwright.sync_api")
+from .conftest import PASSWORD, item, queue, start_app
 
 
 @pytest.fixture
 def server(workspace, tmp_path):
     """`evalkit app` on a free loopback port; yields its URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "evalkit.cli", "app", "--workspace", str(workspace.root)]
-    url = f"http://127.0.0.1:{port}"
-    log, ready = tmp_path / "server.log", f"{url}/_stcore/health"
-    app = Background.start("evalkit app", [*command, "--port", str(port)], log, ready, 60)
+    app, url = start_app(workspace, tmp_path)
     yield url
     app.stop()
-
-
-@pytest.fixture
-def browser():
-    chromium = binary_or_skip("chromium")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True)
-        yield browser
-        browser.close()
 
 
 def sign_in(page, url: str, name: str) -> None:
