@@ -2,11 +2,15 @@
 annotators rating at once on one `evalkit app` server.
 
 Each annotator is a separate browser session (headless system Chromium, Playwright); each
-scores an item by keyboard (4, 5, 3, each waited for on screen), then presses Enter, and the
-time from Enter to the next item's question on screen is one sample. The target is a p95 of at
-most 300 ms with 8 annotators over at least 200 items; the ratings are counted in DuckDB after.
+reads an item for a while (``--think``: seconds drawn uniformly from the range, seeded), scores
+it by keyboard (4, 5, 3, each waited for on screen, ``--key-gap`` apart), then presses Enter,
+and the time from Enter to the next item's question on screen is one sample. The target is a
+p95 of at most 300 ms with 8 annotators over at least 200 items; the ratings are counted in
+DuckDB after. ``--think 0 --key-gap 0`` rates as fast as the page answers: a stress test of
+the server and the browsers, not the pace of a person.
 
-    .venv/bin/python benchmarks/bench_app.py [--annotators 8] [--items 200] [--chromium PATH]
+    .venv/bin/python benchmarks/bench_app.py [--annotators 8] [--items 200] [--think 2-6]
+        [--key-gap 0.3] [--chromium PATH]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import asyncio
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -66,7 +71,7 @@ SCORED = (
 )
 
 
-async def annotator(browser, url, name: str, quota: int, samples: list, dropped: list) -> None:
+async def annotator(browser, url, name: str, quota: int, pace, samples: list, dropped: list):
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
     await page.goto(url)
@@ -75,9 +80,12 @@ async def annotator(browser, url, name: str, quota: int, samples: list, dropped:
     await page.keyboard.press("Enter")
     await page.get_by_role("heading", name="Rate").wait_for(timeout=120_000)  # 8 at once
     await page.wait_for_function(f"() => ({QUESTION})() !== ''")
+    think = random.Random(name)
     for _ in range(quota):
         question = await page.evaluate(QUESTION)
+        await asyncio.sleep(think.uniform(*pace.think))
         for count, key in enumerate("453", 1):
+            await asyncio.sleep(pace.key_gap)
             for _ in range(5):  # a key the page dropped (see README) is pressed again
                 await page.keyboard.press(key)
                 try:
@@ -96,14 +104,14 @@ async def annotator(browser, url, name: str, quota: int, samples: list, dropped:
     await context.close()
 
 
-async def rate_all(chromium: str, url: str, annotators: int, quota: int) -> list[float]:
+async def rate_all(chromium: str, url: str, annotators: int, quota: int, pace) -> list[float]:
     samples: list[float] = []
     dropped: list[str] = []
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=chromium, headless=True)
         await asyncio.gather(
             *(
-                annotator(browser, url, f"ann{n}", quota, samples, dropped)
+                annotator(browser, url, f"ann{n}", quota, pace, samples, dropped)
                 for n in range(annotators)
             )
         )
@@ -112,10 +120,29 @@ async def rate_all(chromium: str, url: str, annotators: int, quota: int) -> list
     return samples
 
 
+def seconds_range(text: str) -> tuple[float, float]:
+    """``2-6`` as (2.0, 6.0); ``0`` as (0.0, 0.0)."""
+    low, _, high = text.partition("-")
+    return float(low), float(high or low)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--annotators", type=int, default=8)
     parser.add_argument("--items", type=int, default=200, help="ratings to time, at least")
+    parser.add_argument(
+        "--think",
+        type=seconds_range,
+        default=(2.0, 6.0),
+        metavar="LOW-HIGH",
+        help="seconds spent reading an item before the first key (default 2-6)",
+    )
+    parser.add_argument(
+        "--key-gap",
+        type=float,
+        default=0.3,
+        help="seconds between a score on screen and the next key (default 0.3)",
+    )
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     quota = -(-args.items // args.annotators)
@@ -126,18 +153,21 @@ def main() -> None:
         try:
             started = time.perf_counter()
             samples = asyncio.run(
-                rate_all(args.chromium, f"http://127.0.0.1:{port}", args.annotators, quota)
+                rate_all(args.chromium, f"http://127.0.0.1:{port}", args.annotators, quota, args)
             )
             elapsed = time.perf_counter() - started
         finally:
             server.stop()
         with open_store(ws.store_path) as con:
             (stored,) = con.execute("SELECT count(*) FROM ratings").fetchone()
+            refused = con.execute("SELECT reason FROM rating_refused").fetchall()
     samples.sort()
     p95 = samples[min(len(samples) - 1, round(0.95 * len(samples)) - 1)]
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(f"ratings the queue refused: {len(refused)} {sorted({r for (r,) in refused})}")
     print(f"{args.annotators} annotators, {len(samples)} items timed, {stored} ratings in DuckDB, "
-          f"{elapsed:.0f} s")  # fmt: skip
+          f"{elapsed:.0f} s; reading {args.think[0]:g}-{args.think[1]:g} s an item, "
+          f"{args.key_gap:g} s between keys")  # fmt: skip
     print(
         f"submit -> next item rendered: p50 {statistics.median(samples):.0f} ms, "
         f"p95 {p95:.0f} ms, max {samples[-1]:.0f} ms; target p95 <= {TARGET_MS:.0f} ms "

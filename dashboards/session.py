@@ -22,7 +22,7 @@ from evalkit.accounts import (
     sign_in_oidc,
 )
 from evalkit.errors import EvalkitError
-from evalkit.store import open_store
+from evalkit.store import SharedStore
 from evalkit.workspace import Workspace, open_workspace
 
 # A page waits this long for a store locked by another process, then says so and keeps what
@@ -39,10 +39,15 @@ def workspace() -> Workspace:
     return st.session_state.workspace
 
 
+@st.cache_resource
+def _shared(path: str) -> SharedStore:
+    return SharedStore(path, LOCK_TIMEOUT_S)
+
+
 @contextmanager
 def store() -> Iterator[duckdb.DuckDBPyConnection]:
     """A short connection to the workspace's store; raises StoreBusy when it stays locked."""
-    with open_store(workspace().store_path, timeout=LOCK_TIMEOUT_S) as con:
+    with _shared(str(workspace().store_path)).open() as con:
         yield con
 
 

@@ -145,11 +145,14 @@ def draw_desk() -> None:
             if state.pop("dirty", False):
                 save_draft(con, account.name, state.draft)
             item = claim(con, account)
-            if item is not None and getattr(state.get("draft"), "item_id", None) != item.item_id:
+            new = item is None or getattr(state.get("draft"), "item_id", None) != item.item_id
+            if item is not None and new:
                 state.draft = load_draft(con, account.name, item)
                 state.kind = item.kind
                 state.shown_at = time.monotonic()
-            done = progress(con, account.name)
+            if new or "progress" not in state:  # a score key leaves the counts as they were
+                state.progress = progress(con, account.name)
+            done = state.progress
     except StoreBusy as exc:
         kept = len(state.outbox.kept)
         st.warning(

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.store import connect, open_store, transaction
+from evalkit.store import SharedStore, StoreBusy, connect, open_store, transaction
 
 HOLD = textwrap.dedent(
     """
@@ -79,3 +79,27 @@ def test_waiting_for_a_lock_is_said_at_once(tmp_path, caplog):
     message = record.getMessage()
     assert str(path) in message and f"PID {proc.pid}" in message
     assert "waiting up to 20 s" in message
+
+
+def test_a_shared_store_holds_the_file_only_while_a_block_uses_it(tmp_path):
+    path = tmp_path / "s.duckdb"
+    shared = SharedStore(path, timeout=0.5)
+    with shared.open() as con:
+        con.execute("CREATE TABLE t (a INTEGER)")
+        with shared.open() as other:  # a second block (another thread of the app) shares it
+            other.execute("INSERT INTO t VALUES (1)")
+        probe = [sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r})"]
+        assert "lock" in subprocess.run(probe, capture_output=True, text=True).stderr
+        assert con.execute("SELECT a FROM t").fetchall() == [(1,)]
+    proc = _hold(path, 30)  # free again: another process takes it
+    try:
+        with pytest.raises(StoreBusy) as err, shared.open():
+            pass
+        assert str(path) in str(err.value) and "PID" in str(err.value)
+    finally:
+        proc.kill()
+        proc.wait()
+    with shared.open() as con, transaction(con):
+        con.execute("INSERT INTO t VALUES (2)")
+    with open_store(path) as con:
+        assert con.execute("SELECT a FROM t ORDER BY a").fetchall() == [(1,), (2,)]
