@@ -142,6 +142,23 @@ def _processors(config: DecodingConfig):
     return processors
 
 
+def _repetition_count(config: DecodingConfig) -> int:
+    """How many of :func:`_processors` are repetition processors (they come first)."""
+    return (config.repetition_penalty != 1.0) + (config.no_repeat_ngram_size > 0)
+
+
+def _banned(row: Row, n: int):
+    """The tokens that would repeat an n-gram of the row (prompt included), as transformers'
+    ``NoRepeatNGramLogitsProcessor`` finds them."""
+    ids, ngrams = row.ids, row.ngrams
+    for end in range(max(row.indexed, n - 1), len(ids)):
+        ngrams.setdefault(tuple(ids[end - n + 1 : end]), set()).add(ids[end])
+    row.indexed = len(ids)
+    if len(ids) + 1 < n:
+        return ()
+    return ngrams.get(tuple(ids[len(ids) - n + 1 :]), ())
+
+
 def _stop_ids(model, tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id}
     configured = getattr(model.generation_config, "eos_token_id", None)
@@ -324,6 +341,9 @@ class Row:
     done: bool = False
     stopped: bool = False
     tag: object = None  # the caller's
+    ids: list[int] = field(default_factory=list)  # ``history`` as a list, for the n-gram ban
+    ngrams: dict = field(default_factory=dict)  # (n - 1 tokens) -> the tokens that followed
+    indexed: int = 0  # how many of ``ids`` ``ngrams`` has seen
 
 
 class Decoder:
@@ -336,15 +356,20 @@ class Decoder:
     (:class:`PlainCache`, or the fast path's :class:`evalkit.accel.decoding.SlotCache` where
     it applies; ``fast`` as in :mod:`evalkit.accel`) gives each row its own logits, the
     repetition processors see only its own tokens and sampling draws from its own generator,
-    seeded per prompt.
+    seeded per prompt. The repetition processors run row by row (transformers' own, the
+    reference) or, unless ``fast`` is False, on all rows at once (:meth:`_repetition`).
     """
 
     def __init__(self, model, tokenizer, config: DecodingConfig, fast: bool | None = None):
         self.model, self.tokenizer, self.config, self.fast = model, tokenizer, config, fast
         self.device = next(model.parameters()).device
         self.processors = _processors(config)
-        # the repetition processors read a row's tokens: applied row by row, without padding
+        # the repetition processors read a row's tokens: applied without padding
         self.per_row = config.repetition_penalty != 1.0 or config.no_repeat_ngram_size > 0
+        self.batched = self.per_row and fast is not False
+        repetition = self.processors[: _repetition_count(config)]
+        self.penalty = repetition[0] if config.repetition_penalty != 1.0 else None
+        self.warpers = self.processors[len(repetition) :]
         self.stop_ids = _stop_ids(model, tokenizer)
         self.rows: list[Row] = []
         self.batch = None
@@ -361,6 +386,7 @@ class Decoder:
         rows = [
             Row(
                 history=torch.tensor(p, device=self.device),
+                ids=list(p) if self.config.no_repeat_ngram_size else [],
                 generator=torch.Generator(device=self.device).manual_seed(seeds[i])
                 if sampling
                 else None,
@@ -411,7 +437,11 @@ class Decoder:
         """The next token of each of ``rows``, from its logits (one row of ``logits`` each)."""
         import torch
 
-        if self.per_row:
+        if self.batched:
+            scores = self._repetition(rows, logits)
+            for warper in self.warpers:
+                scores = warper(None, scores)
+        elif self.per_row:
             scores = torch.cat(
                 [self.processors(r.history[None], logits[i : i + 1])
                  for i, r in enumerate(rows)]
@@ -432,6 +462,30 @@ class Decoder:
         if self.per_row:
             for row, token in zip(rows, chosen):
                 row.history = torch.cat([row.history, token[None]])
+        if self.config.no_repeat_ngram_size:
+            for row, token in zip(rows, chosen.tolist()):
+                row.ids.append(token)
+
+    def _repetition(self, rows: list[Row], logits):
+        """The repetition processors on every row at once, each row reading only its own tokens;
+        equal to transformers' processors row by row (tested). The penalty is transformers' own,
+        on the histories padded with each row's first token (a token seen twice is penalized
+        once); the n-grams of a row are indexed as it grows, not found anew at every step."""
+        import torch
+
+        scores = logits
+        if self.penalty is not None:
+            ids = torch.nn.utils.rnn.pad_sequence(
+                [r.history for r in rows], batch_first=True, padding_value=-1
+            )
+            scores = self.penalty(torch.where(ids < 0, ids[:, :1], ids), scores)
+        if n := self.config.no_repeat_ngram_size:
+            banned = [(i, t) for i, row in enumerate(rows) for t in _banned(row, n)]
+            if banned:
+                scores = scores.clone() if scores is logits else scores
+                at, tokens = zip(*banned)
+                scores[list(at), list(tokens)] = -float("inf")
+        return scores
 
     def _record(self, row: Row, token: int) -> None:
         row.tokens.append(token)

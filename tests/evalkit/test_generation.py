@@ -1,7 +1,7 @@
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.generation import CacheContext, DecodingConfig, generate
+from evalkit.generation import CacheContext, Decoder, DecodingConfig, Row, _processors, generate
 from evalkit.models import load_model
 from evalkit.provenance import chat_template_fingerprint, model_hash
 
@@ -44,6 +44,36 @@ def test_batched_greedy_equals_one_at_a_time_and_transformers(loaded):
         new = out[0, inputs["input_ids"].shape[1] :]
         assert ours.tokens == len(new)
         assert ours.text == tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize(("penalty", "ngram"), [(1.3, 0), (1.0, 3), (1.3, 3), (0.7, 2), (1.2, 1)])
+def test_repetition_on_all_rows_at_once_equals_transformers_row_by_row(loaded, penalty, ngram):
+    """The fast path's batched repetition processors against transformers' processors applied
+    to each row alone, over rows of different lengths (some shorter than the n-gram) that grow
+    step by step with many repeated tokens; the logits themselves are left as they were."""
+    import torch
+
+    model, tokenizer = loaded
+    config = DecodingConfig(repetition_penalty=penalty, no_repeat_ngram_size=ngram)
+    batched, reference = Decoder(model, tokenizer, config), _processors(config)
+    assert batched.batched
+    draw = torch.Generator().manual_seed(0)
+    rows = []
+    for length in (1, 2, 5, 9):
+        ids = torch.randint(0, 6, (length,), generator=draw)
+        rows.append(Row(history=ids, generator=None, ids=ids.tolist()))
+    for _ in range(12):
+        logits = torch.randn(len(rows), 40, generator=draw)
+        kept = logits.clone()
+        want = torch.cat(
+            [reference(r.history[None], logits[i : i + 1]) for i, r in enumerate(rows)]
+        )
+        assert torch.equal(batched._repetition(rows, logits), want)
+        assert torch.equal(logits, kept)
+        for row in rows:
+            token = int(torch.randint(0, 6, (1,), generator=draw))
+            row.history = torch.cat([row.history, torch.tensor([token])])
+            row.ids.append(token)
 
 
 def test_sampling_is_seeded_per_prompt_not_per_batch(loaded):
