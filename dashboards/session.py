@@ -41,6 +41,7 @@ def workspace() -> Workspace:
 
 @st.cache_resource
 def _shared(path: str) -> SharedStore:
+    """One :class:`SharedStore` per store file for the whole server: every session's pages."""
     return SharedStore(path, LOCK_TIMEOUT_S)
 
 

@@ -118,9 +118,10 @@ def prompt_seed(messages: list[dict], config: DecodingConfig) -> int:
     return int(hashlib.sha256(payload.encode()).hexdigest()[:15], 16)
 
 
-def _processors(config: DecodingConfig):
+def _processors(config: DecodingConfig) -> tuple[list, list]:
+    """transformers' processors for ``config``: those that read a row's tokens (repetition
+    penalty, then the n-gram ban), and the warpers that read only the scores."""
     from transformers.generation import (
-        LogitsProcessorList,
         NoRepeatNGramLogitsProcessor,
         RepetitionPenaltyLogitsProcessor,
         TemperatureLogitsWarper,
@@ -128,23 +129,18 @@ def _processors(config: DecodingConfig):
         TopPLogitsWarper,
     )
 
-    processors = LogitsProcessorList()
+    repetition, warpers = [], []
     if config.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        repetition.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
     if config.no_repeat_ngram_size > 0:
-        processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        repetition.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
     if config.temperature > 0:
-        processors.append(TemperatureLogitsWarper(config.temperature))
+        warpers.append(TemperatureLogitsWarper(config.temperature))
         if config.top_k > 0:
-            processors.append(TopKLogitsWarper(config.top_k))
+            warpers.append(TopKLogitsWarper(config.top_k))
         if config.top_p < 1.0:
-            processors.append(TopPLogitsWarper(config.top_p))
-    return processors
-
-
-def _repetition_count(config: DecodingConfig) -> int:
-    """How many of :func:`_processors` are repetition processors (they come first)."""
-    return (config.repetition_penalty != 1.0) + (config.no_repeat_ngram_size > 0)
+            warpers.append(TopPLogitsWarper(config.top_p))
+    return repetition, warpers
 
 
 def _banned(row: Row, n: int):
@@ -363,13 +359,16 @@ class Decoder:
     def __init__(self, model, tokenizer, config: DecodingConfig, fast: bool | None = None):
         self.model, self.tokenizer, self.config, self.fast = model, tokenizer, config, fast
         self.device = next(model.parameters()).device
-        self.processors = _processors(config)
-        # the repetition processors read a row's tokens: applied without padding
-        self.per_row = config.repetition_penalty != 1.0 or config.no_repeat_ngram_size > 0
+        from transformers.generation import LogitsProcessorList
+
+        repetition, self.warpers = _processors(config)
+        self.processors = LogitsProcessorList(repetition + self.warpers)  # the reference
+        self.per_row = bool(repetition)  # they read a row's own tokens, never a padded batch's
         self.batched = self.per_row and fast is not False
-        repetition = self.processors[: _repetition_count(config)]
         self.penalty = repetition[0] if config.repetition_penalty != 1.0 else None
-        self.warpers = self.processors[len(repetition) :]
+        # what the processors read of a row: its history as a tensor, its tokens as a list
+        self.histories = self.per_row and not (self.batched and self.penalty is None)
+        self.ngrams = self.batched and config.no_repeat_ngram_size > 0
         self.stop_ids = _stop_ids(model, tokenizer)
         self.rows: list[Row] = []
         self.batch = None
@@ -386,7 +385,7 @@ class Decoder:
         rows = [
             Row(
                 history=torch.tensor(p, device=self.device),
-                ids=list(p) if self.config.no_repeat_ngram_size else [],
+                ids=list(p) if self.ngrams else [],
                 generator=torch.Generator(device=self.device).manual_seed(seeds[i])
                 if sampling
                 else None,
@@ -459,10 +458,10 @@ class Decoder:
         for row, token, loss in zip(rows, chosen.tolist(), nll.tolist()):
             row.nll += loss
             self._record(row, token)
-        if self.per_row:
+        if self.histories:
             for row, token in zip(rows, chosen):
                 row.history = torch.cat([row.history, token[None]])
-        if self.config.no_repeat_ngram_size:
+        if self.ngrams:
             for row, token in zip(rows, chosen.tolist()):
                 row.ids.append(token)
 
@@ -480,7 +479,8 @@ class Decoder:
             )
             scores = self.penalty(torch.where(ids < 0, ids[:, :1], ids), scores)
         if n := self.config.no_repeat_ngram_size:
-            banned = [(i, t) for i, row in enumerate(rows) for t in _banned(row, n)]
+            vocab = scores.shape[-1]  # a token past the output layer's cannot be chosen
+            banned = [(i, t) for i, row in enumerate(rows) for t in _banned(row, n) if t < vocab]
             if banned:
                 scores = scores.clone() if scores is logits else scores
                 at, tokens = zip(*banned)

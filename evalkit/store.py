@@ -1,7 +1,8 @@
 """The workspace store: one DuckDB file shared by evaluation runs, the rating queue and releases.
 
 DuckDB lets one process at a time open a file for writing. Every part therefore opens the store
-through :func:`connect`, keeps the connection short and writes in short transactions; a lock held
+through :func:`connect` (or, in the app, :class:`SharedStore`), keeps the connection short and
+writes in short transactions; a lock held
 by another process is retried with back-off, and if it persists the error names the file and the
 process holding it. Within one process, connections to the same file share one database, so
 threads may each open their own.
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LOCK_TIMEOUT_S = 30.0  # how long to retry a file locked by another process
+BUSY_HINT = (
+    "wait for that process to finish or stop it, then run the command again; nothing was written"
+)
 
 
 class StoreBusy(EvalkitError):
@@ -55,14 +59,14 @@ def connect(
     return _unlocked(lambda: duckdb.connect(str(path), read_only=read_only), path, timeout)
 
 
-def _unlocked(open: Callable[[], T], path: Path, timeout: float) -> T:
-    """``open()``, retried with back-off while another process holds the file's lock."""
+def _unlocked(opening: Callable[[], T], path: Path, timeout: float) -> T:
+    """``opening()``, retried with back-off while another process holds the file's lock."""
     deadline = time.monotonic() + timeout
     delay = 0.05
     said = False
     while True:
         try:
-            return open()
+            return opening()
         except duckdb.Error as exc:
             if not _locked(exc):
                 raise EvalkitError(f"cannot open store {path}: {exc}") from exc
@@ -71,8 +75,7 @@ def _unlocked(open: Callable[[], T], path: Path, timeout: float) -> T:
                 raise StoreBusy(
                     f"store {path} is locked by another process"
                     + (f": {holder.group(1)}" if holder else ""),
-                    hint="wait for that process to finish or stop it, then run the command again;"
-                    " nothing was written",
+                    hint=BUSY_HINT,
                 ) from exc
             if not said:
                 log.warning(
@@ -82,7 +85,7 @@ def _unlocked(open: Callable[[], T], path: Path, timeout: float) -> T:
                     timeout,
                 )
                 said = True
-            time.sleep(delay * (1 + random.random()))
+            time.sleep(min(delay * (1 + random.random()), max(deadline - time.monotonic(), 0)))
             delay = min(delay * 2, 1.0)
 
 
@@ -100,23 +103,35 @@ class SharedStore:
 
     @contextmanager
     def open(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection whose tables are the store's; raises StoreBusy as :func:`connect`."""
-        with self._lock:
+        """A connection whose tables are the store's; raises StoreBusy as :func:`connect`, after
+        ``timeout`` in all (a block waiting for another one's attach included)."""
+        deadline = time.monotonic() + self.timeout
+        if not self._lock.acquire(timeout=self.timeout):
+            raise StoreBusy(f"store {self.path} is still being opened", hint=BUSY_HINT)
+        try:
             if not self._users:
                 quoted = str(self.path).replace("'", "''")
-                _unlocked(lambda: self._db.execute(f"ATTACH '{quoted}' AS store"), self.path,
-                          self.timeout)  # fmt: skip
+                attach = f"ATTACH IF NOT EXISTS '{quoted}' AS store"  # a failed detach left it
+                _unlocked(lambda: self._db.execute(attach), self.path,
+                          max(deadline - time.monotonic(), 0))  # fmt: skip
             self._users += 1
-        con = self._db.cursor()
-        try:
-            con.execute("USE store")
-            yield con
         finally:
-            con.close()
+            self._lock.release()
+        try:
+            con = self._db.cursor()
+            try:
+                con.execute("USE store")
+                yield con
+            finally:
+                con.close()
+        finally:
             with self._lock:
                 self._users -= 1
                 if not self._users:
-                    self._db.execute("DETACH store")
+                    try:
+                        self._db.execute("DETACH DATABASE IF EXISTS store")
+                    except duckdb.Error:  # a checkpoint that failed: the file stays attached
+                        log.exception("cannot detach store %s", self.path)
 
 
 @contextmanager

@@ -40,13 +40,18 @@ def from_store(store: Path) -> list[dict]:
     if not Path(store).is_file():
         return []
     with open_store(store, read_only=True) as con:
-        known = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        if "drift_alerts" not in known:
-            return []
-        rows = con.execute(
-            """SELECT model, feature, started_at, value, threshold FROM drift_alerts
-               WHERE ended_at IS NULL ORDER BY started_at"""
-        ).fetchall()
+        return open_alerts(con)
+
+
+def open_alerts(con) -> list[dict]:
+    """:func:`from_store` on a connection to the store already open (the app's)."""
+    known = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if "drift_alerts" not in known:
+        return []
+    rows = con.execute(
+        """SELECT model, feature, started_at, value, threshold FROM drift_alerts
+           WHERE ended_at IS NULL ORDER BY started_at"""
+    ).fetchall()
     return [
         {
             "alert": "EvalkitDriftDetected",  # as the Prometheus rule names it

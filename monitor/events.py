@@ -85,11 +85,13 @@ def new_id(prefix: str) -> str:
 
 
 def id_day(made_id: str) -> date | None:
-    """The UTC day :func:`new_id` made an id on; None for an id it cannot have made."""
+    """The UTC day :func:`new_id` made an id on; None where the id cannot hold one. An id made
+    elsewhere in the same shape (vLLM's are 32 random hex digits) reads as some day, so a
+    lookup by day must fall back to the rest (:func:`holds_response` does)."""
     digits = made_id.rpartition("-")[2]
+    if len(digits) != 32:
+        return None
     try:
-        if len(digits) != 32:
-            raise ValueError(digits)
         return datetime.fromtimestamp(int(digits[:12], 16) / 1000, UTC).date()
     except (ValueError, OverflowError, OSError):
         return None
@@ -286,6 +288,7 @@ class EventLog:
         self._waiting = 0  # events in the two
         self._oldest = 0.0
         self._lock = threading.Condition()
+        self._writing = threading.Lock()  # held from taking a batch until it is in Parquet
         self._closed = False
         self.written = 0  # events in Parquet files
         self.lost = 0  # events that could not be written (a full disk), counted, never silent
@@ -326,8 +329,10 @@ class EventLog:
                 self._lock.notify()  # the writer sleeps until the oldest is due, or full
 
     def flush(self) -> None:
-        """Write what is buffered now."""
-        self._write_batch(*self._take())
+        """Write what is buffered now; on return, every event appended before is in Parquet
+        (a batch the writer took first included)."""
+        with self._writing:
+            self._write_batch(*self._take())
 
     def _take(self) -> tuple[list[dict], list[pa.Table], TextIO | None]:
         """The buffered events and batches, and the write-ahead file that holds them (a new one
@@ -376,7 +381,8 @@ class EventLog:
                     self._lock.wait(timeout=wait if self._waiting else None)
                 if self._closed:
                     return
-            self._write_batch(*self._take())
+            with self._writing:
+                self._write_batch(*self._take())
 
     def _due(self) -> bool:
         if not self._waiting:

@@ -17,7 +17,7 @@ from evalkit.accounts import Account
 from evalkit.events import flags_dir, query
 from evalkit.rating.annotate import enqueue
 from evalkit.rating.sources import Selection, items_from_events
-from monitor.alerts import firing
+from monitor.alerts import from_prometheus, open_alerts
 
 # Prometheus's URL, when the team runs one (`evalkit app --prometheus URL` sets it); without it
 # the firing alerts are the drift alerts open in the store.
@@ -55,11 +55,16 @@ def alert_periods(alerts: list[dict], until: datetime) -> list[dict]:
     ]
 
 
-def firing_alerts(store: Path, prometheus: str | None = None) -> tuple[str, list[dict]]:
+def firing_alerts(
+    con: duckdb.DuckDBPyConnection, prometheus: str | None = None
+) -> tuple[str, list[dict]]:
     """The alerts firing now and where they come from: Prometheus's API when ``prometheus``
-    (default: ``$EVALKIT_PROMETHEUS_URL``) is set, else the drift alerts open in the store."""
+    (default: ``$EVALKIT_PROMETHEUS_URL``) is set, else the drift alerts open in the store
+    (``con``)."""
     url = prometheus or os.environ.get(PROMETHEUS_ENV) or None
-    return (f"Prometheus at {url}" if url else "the store"), firing(url, store)
+    if url:
+        return f"Prometheus at {url}", from_prometheus(url)
+    return "the store", open_alerts(con)
 
 
 def drift_selection(size: int, seed: int = 0, *, priority: int = 0, overlap: int = 1) -> Selection:

@@ -25,7 +25,8 @@ st.title("Drift")
 
 st.subheader("Firing alerts")
 try:
-    source, alerts = firing_alerts(ws.store_path)
+    with store() as con:
+        source, alerts = firing_alerts(con)
 except EvalkitError as exc:
     st.error(str(exc))
 else:

@@ -1,7 +1,7 @@
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.generation import CacheContext, Decoder, DecodingConfig, Row, _processors, generate
+from evalkit.generation import CacheContext, Decoder, DecodingConfig, Row, generate
 from evalkit.models import load_model
 from evalkit.provenance import chat_template_fingerprint, model_hash
 
@@ -55,7 +55,8 @@ def test_repetition_on_all_rows_at_once_equals_transformers_row_by_row(loaded, p
 
     model, tokenizer = loaded
     config = DecodingConfig(repetition_penalty=penalty, no_repeat_ngram_size=ngram)
-    batched, reference = Decoder(model, tokenizer, config), _processors(config)
+    batched = Decoder(model, tokenizer, config)
+    reference = Decoder(model, tokenizer, config, fast=False).processors
     assert batched.batched
     draw = torch.Generator().manual_seed(0)
     rows = []

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -96,6 +97,20 @@ def test_a_shared_store_holds_the_file_only_while_a_block_uses_it(tmp_path):
         with pytest.raises(StoreBusy) as err, shared.open():
             pass
         assert str(path) in str(err.value) and "PID" in str(err.value)
+        # Pages waiting together give up together: none waits for another's whole wait.
+        refused, started = [], time.monotonic()
+
+        def page():
+            with pytest.raises(StoreBusy), shared.open():
+                pass
+            refused.append(time.monotonic() - started)
+
+        pages = [threading.Thread(target=page) for _ in range(4)]
+        for thread in pages:
+            thread.start()
+        for thread in pages:
+            thread.join()
+        assert len(refused) == 4 and max(refused) < 1.5  # 0.5 s each; 2 s if one after another
     finally:
         proc.kill()
         proc.wait()

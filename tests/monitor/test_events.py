@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 
 import duckdb
@@ -141,6 +142,7 @@ def test_a_batch_is_the_table_make_event_gives_event_by_event(tmp_path):
         ({"latency_s": [1]}, "events.1.latency_s", "double"),
         ({"latency_s": True}, "events.1.latency_s", "not true or false"),
         ({"prompt_tokens": 1.5}, "events.1.prompt_tokens", "not a whole number"),
+        ({"completion_tokens": True}, "events.1.completion_tokens", "bool"),
         ({"completion_tokens": float("nan")}, "events.1.completion_tokens", "whole"),
         ({"timestamp": "yesterday"}, "events.1.timestamp", "not ISO 8601"),
         ({"timestamp": "0001-01-01T00:00:00+01:00"}, "events.1.timestamp", "out of range"),
@@ -161,14 +163,18 @@ def test_a_response_id_tells_its_day_and_is_looked_up_there_first(tmp_path):
     made = new_id("chatcmpl")
     assert id_day(made) == datetime.now(UTC).date() and len(made) == len("chatcmpl-") + 32
     assert id_day("chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT") is None  # one of OpenAI's
-    assert len({new_id("x") for _ in range(1000)}) == 1000
+    earlier = new_id("x")
+    time.sleep(0.002)
+    assert earlier < new_id("x")  # the time comes first: ids sort by when they were made
     log = EventLog(tmp_path, LogConfig(max_events=1000, max_age_s=60))
     log.append(_exchange(0, response_id=made))
     log.append(_exchange(1, response_id="resp-elsewhere", timestamp=0))
+    vllm = f"chatcmpl-{uuid.uuid4().hex}"  # new_id's shape, but no time in it
+    log.append(_exchange(3, response_id=vllm, timestamp="2021-03-04T05:06:07+00:00"))
     backfilled = new_id("chatcmpl")  # made today, but imported with a time of its own
     log.append(_exchange(2, response_id=backfilled, timestamp="2020-05-01T00:00:00+00:00"))
     log.close()
-    for response_id in (made, "resp-elsewhere", backfilled):
+    for response_id in (made, "resp-elsewhere", backfilled, vllm):
         assert holds_response(tmp_path, response_id), response_id
     assert not holds_response(tmp_path, new_id("chatcmpl"))
     assert not holds_response(tmp_path, "chatcmpl-unknown")

@@ -204,9 +204,8 @@ def test_feedback_and_events_from_elsewhere_are_logged(served):
     }
     assert feedback.keys() == {answer.id, "cmpl-from-vllm"}
     assert feedback["cmpl-from-vllm"]["user_feedback"] == 1
-    feedback = feedback[answer.id]
-    assert feedback["user_feedback"] == -1
-    assert feedback["correction"] == "I am well, thanks."
+    assert feedback[answer.id]["user_feedback"] == -1
+    assert feedback[answer.id]["correction"] == "I am well, thanks."
     assert {e["response"] for e in logged} >= {"fine", "ok"}
 
 
