@@ -2,10 +2,9 @@
 
 DuckDB lets one process at a time open a file for writing. Every part therefore opens the store
 through :func:`connect` (or, in the app, :class:`SharedStore`), keeps the connection short and
-writes in short transactions; a lock held
-by another process is retried with back-off, and if it persists the error names the file and the
-process holding it. Within one process, connections to the same file share one database, so
-threads may each open their own.
+writes in short transactions; a lock held by another process is retried with back-off, and if it
+persists the error names the file and the process holding it. Within one process, connections
+to the same file share one database, so threads may each open their own.
 """
 
 from __future__ import annotations

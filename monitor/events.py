@@ -179,16 +179,17 @@ def _array(values: list, field: pa.Field) -> pa.Array:
         raise EvalkitError(f"the events do not fit the log's column {field.name}: {exc}") from None
 
 
-def _exact(values: list, type: pa.DataType) -> pa.Array:
+def _exact(values: list, column: pa.DataType) -> pa.Array:
     """``pa.array``, refusing what it would change: a fraction for an integer column (pyarrow
-    truncates 1.5 to 1) and true/false for a number column (pyarrow stores 1.0 and 0.0)."""
-    if pa.types.is_integer(type) and any(
-        isinstance(v, float) and not v.is_integer() for v in values
-    ):
+    truncates 1.5 to 1) and true/false for a number column (pyarrow stores 1.0 and 0.0). The
+    values' types are collected once (in C), so a column of whole numbers is not read twice."""
+    integer, floating = pa.types.is_integer(column), pa.types.is_floating(column)
+    kinds = set(map(type, values)) if integer or floating else set()
+    if integer and float in kinds and any(type(v) is float and not v.is_integer() for v in values):
         raise ValueError("not a whole number")
-    if pa.types.is_floating(type) and any(isinstance(v, bool) for v in values):
+    if floating and bool in kinds:
         raise TypeError("a number, not true or false, is expected")
-    return pa.array(values, type=type)
+    return pa.array(values, type=column)
 
 
 def _event_type(value) -> str:
