@@ -26,7 +26,7 @@ from evalkit.rating.queue import (
     QueueConfig,
     add_items,
     claim_next,
-    ensure_schema,
+    standing,
     submit_and_claim,
     utc_now,
 )
@@ -290,26 +290,11 @@ class Progress:
     left: int
 
 
-LEFT = """
-SELECT count(*) FROM rating_items i
-WHERE NOT EXISTS (SELECT 1 FROM rating_leases l WHERE l.item_id = i.item_id AND l.annotator = $a)
-  AND (i.gold IS NOT NULL
-       OR (SELECT count(*) FROM ratings r WHERE r.item_id = i.item_id AND r.skip_reason IS NULL)
-        + (SELECT count(*) FROM rating_leases l ANTI JOIN ratings r USING (lease_id)
-           WHERE l.item_id = i.item_id AND l.expires_at > $now) < i.overlap)
-"""
-
-
 def progress(
     con: duckdb.DuckDBPyConnection, annotator: str, now: datetime | None = None
 ) -> Progress:
     """Today's count (UTC days, as the store keeps time) and the items the queue could still
     serve this annotator."""
-    ensure_schema(con)
     now = now or utc_now()
     start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    (done,) = con.execute(
-        "SELECT count(*) FROM ratings WHERE annotator = ? AND submitted_at >= ?", [annotator, start]
-    ).fetchone()
-    (left,) = con.execute(LEFT, {"a": annotator, "now": now}).fetchone()
-    return Progress(done, left)
+    return Progress(*standing(con, annotator, start, now))

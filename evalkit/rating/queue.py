@@ -465,6 +465,20 @@ class _Queue:
                 return lease
         return None
 
+    def standing(self, annotator: str, since: datetime, now: datetime) -> tuple[int, int]:
+        """Items the annotator rated or skipped since ``since``, and items the queue could still
+        serve them at ``now`` (never served to them, with room)."""
+        state = self.annotators.get(annotator, _AnnotatorState())
+        closed = sum(
+            lease.closed_at is not None and lease.closed_at >= since
+            for lease in state.leases.values()
+        )
+        left = sum(
+            item_id not in state.leases and item.has_room(now)
+            for item_id, item in self.items.items()
+        )
+        return closed, left
+
     def next_item(self, annotator: str, now: datetime, gold_due: bool) -> str | None:
         """The first item in serving order the annotator was never served and that has room.
 
@@ -655,6 +669,16 @@ def claim_next(
     config = config or QueueConfig()
     queue = _queue(con)
     return _shown(con, queue.run(con, lambda: _claim(queue, annotator, config, utc_now(), None)))
+
+
+def standing(
+    con: duckdb.DuckDBPyConnection, annotator: str, since: datetime, now: datetime | None = None
+) -> tuple[int, int]:
+    """The annotator's ratings and skips since ``since``, and the items the queue could still
+    serve them: read from the queue's state (current with the store), not counted in SQL."""
+    queue = _queue(con)
+    now = now or utc_now()
+    return queue.run(con, lambda: _Plan(queue.standing(annotator, since, now)))
 
 
 @dataclass(frozen=True)

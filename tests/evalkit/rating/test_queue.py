@@ -1,7 +1,9 @@
 import json
+import random
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -13,8 +15,10 @@ from evalkit.rating.queue import (
     add_items,
     claim_next,
     set_gold,
+    standing,
     submit,
     submit_and_claim,
+    utc_now,
 )
 from evalkit.rating.report import (
     annotator_report,
@@ -336,3 +340,57 @@ def test_the_ratings_version_moves_with_each_rating_only(con):
     rated = ratings_version(con)
     submit(con, "ann", claim_next(con, "ann", NO_GOLD).item_id, Rating(skip_reason="unsure"))
     assert len({empty, rated, ratings_version(con)}) == 3
+
+
+# What the queue could still serve an annotator, counted in SQL from the store's tables: the
+# reference for the in-memory count.
+LEFT_SQL = """
+SELECT count(*) FROM rating_items i
+WHERE NOT EXISTS (SELECT 1 FROM rating_leases l WHERE l.item_id = i.item_id AND l.annotator = $a)
+  AND (i.gold IS NOT NULL
+       OR (SELECT count(*) FROM ratings r WHERE r.item_id = i.item_id AND r.skip_reason IS NULL)
+        + (SELECT count(*) FROM rating_leases l ANTI JOIN ratings r USING (lease_id)
+           WHERE l.item_id = i.item_id AND l.expires_at > $now) < i.overlap)
+"""
+CLOSED_SQL = "SELECT count(*) FROM ratings WHERE annotator = $a AND submitted_at >= $since"
+
+
+def test_standing_equals_its_count_in_sql(con):
+    """Gold, overlaps of 1 to 3, skips, open and expired leases: the in-memory counts equal
+    SQL's over the same tables, at several moments (later ones expire the open leases)."""
+    rng = random.Random(7)
+    add_items(con, [_item(n, overlap=rng.randint(1, 3)) for n in range(30)])
+    for n in range(30, 33):
+        add_items(con, [_item(n)])
+        set_gold(con, _item(n).item_id, Rating(thumbs="up"))
+    config = QueueConfig(gold_every=4, lease_ttl_s=600)
+    names = ["ann", "bob", "cid"]
+    for _ in range(40):
+        name = rng.choice(names)
+        got = claim_next(con, name, config)
+        if got is not None and rng.random() < 0.8:
+            skip = rng.random() < 0.25
+            rating = Rating(skip_reason="unclear") if skip else Rating(thumbs="up")
+            submit(con, name, got.item_id, rating)
+    held = claim_next(con, "ann", config)  # ann ends holding an item of one place
+    if held is not None:
+        submit(con, "ann", held.item_id, Rating(thumbs="up"))
+    add_items(con, [_item(99, priority=9)])
+    assert claim_next(con, "ann", NO_GOLD).item_id == _item(99).item_id
+    start = utc_now()
+    since = [start - timedelta(days=1), start + timedelta(days=1)]
+    seen = {}
+    for now in (start, start + timedelta(seconds=601)):
+        for name in names:
+            for moment in since:
+                args = {"a": name, "now": now, "since": moment}
+                expected = (
+                    con.execute(CLOSED_SQL, {"a": name, "since": moment}).fetchone()[0],
+                    con.execute(LEFT_SQL, {"a": name, "now": now}).fetchone()[0],
+                )
+                assert standing(con, name, moment, now) == expected, args
+                seen[now, name, moment] = expected
+    # the scene tells the moments apart: some lease expires, some rating is from today
+    later = start + timedelta(seconds=601)
+    assert seen[later, "bob", since[0]][1] == seen[start, "bob", since[0]][1] + 1
+    assert all(seen[start, n, since[0]][0] > seen[start, n, since[1]][0] == 0 for n in names)
