@@ -401,6 +401,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         allow_template_mismatch=args.allow_template_mismatch,
         max_batch=args.max_batch,
         max_waiting=args.max_waiting,
+        engine=args.engine,
         workers=args.workers,
         log=LogConfig(max_events=args.flush_events, max_age_s=args.flush_seconds, wal=args.wal),
     )
@@ -1102,6 +1103,13 @@ def _add_monitor_parsers(commands) -> None:
     serve.add_argument("--max-batch", type=_positive, default=32, help="requests decoded together")
     serve.add_argument(
         "--max-waiting", type=_positive, default=256, help="requests waiting; more get 429"
+    )
+    serve.add_argument(
+        "--engine",
+        choices=("process", "thread"),
+        default="process",
+        help="decode in a process of its own beside the HTTP side (default), or in a thread "
+        "of the server's process",
     )
     serve.add_argument(
         "--flush-events", type=_positive, default=1000, help="write the log every N events"

@@ -117,21 +117,37 @@ def load_tokenizer(
 
 
 def load_model(
-    path: str | Path, *, device: str | None = None, require_chat_template: bool = True
+    path: str | Path,
+    *,
+    device: str | None = None,
+    require_chat_template: bool = True,
+    weights: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local directory, in eval mode.
 
+    ``weights=False``: the model's architecture on PyTorch's meta device, with its config and
+    generation config but no weights, for a process that reads them and decodes elsewhere.
+
     >>> model, tokenizer = load_model(".evalkit/models/base-micro-...")
     """
-    from transformers import AutoModelForCausalLM
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     path = check_model_dir(path)
     tokenizer = load_tokenizer(path, require_chat_template=require_chat_template)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path)
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(path)
+        else:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+            if (path / "generation_config.json").exists():
+                model.generation_config = GenerationConfig.from_pretrained(path)
     except Exception as exc:
         raise EvalkitError(
             f"cannot load the model weights in {path}: {exc}", hint=_MODEL_DIR_HINT
         ) from exc
-    model.to(pick_device(device)).eval()
+    if weights:
+        model.to(pick_device(device))
+    model.eval()
     return model, tokenizer

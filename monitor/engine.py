@@ -10,10 +10,18 @@ one with the batch's parameters. Every row is decoded as :func:`evalkit.generati
 decodes it (same prompt, seed and processors), so a served answer is the one an evaluation run
 gives. The waiting line is bounded: past ``max_waiting`` a request is refused at once (the
 server answers 429 with Retry-After) instead of piling up.
+
+The server runs the engine in a process of its own (:class:`EngineProcess`, as vLLM runs its
+engine core), so that the decoding steps and the HTTP side do not take turns on one GIL. The
+engine in a thread (:class:`Engine`, which that process runs) is the reference, and
+``evalkit serve --engine thread`` keeps it in the server's own process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import pickle
 import queue
 import threading
 from collections.abc import Callable
@@ -21,6 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from evalkit.accel.threads import one_thread_here, openmp_per_thread, small_model
 from evalkit.generation import Decoder, DecodingConfig, Generation, prompt_seed, render
+from evalkit.models import load_model
 
 
 @dataclass
@@ -153,3 +162,136 @@ class Engine:
             admitted.append(job)
             prompts.append(prompt)
         return admitted, prompts
+
+
+class EngineProcess:
+    """:class:`Engine` in a process of its own, as vLLM runs its engine core: the decoding
+    steps run beside the HTTP side instead of trading one GIL with it.
+
+    Same interface as :class:`Engine`. Jobs go to the process over a pipe; what a step decoded
+    comes back in one message, and the jobs' callbacks run on this process's reader thread.
+    A job is waiting until its first token or its end; past ``max_waiting`` it is refused."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        device: str | None = None,
+        *,
+        max_batch: int = 32,
+        max_waiting: int = 256,
+        on_step=None,
+    ):
+        self.on_step, self.max_waiting, self.running = on_step, max_waiting, 0
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_engine_process,
+            args=(child, str(model_dir), device, max_batch, max_waiting),
+            name="evalkit-engine",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        started = self._conn.recv()  # the model is loaded, or why not
+        if isinstance(started, BaseException):
+            self._process.join()
+            raise started
+        self._jobs: dict[int, Job] = {}
+        self._unstarted: set[int] = set()
+        self._next = 0
+        self._reader = threading.Thread(target=self._read, name="evalkit-reader", daemon=True)
+        self._reader.start()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._unstarted)
+
+    def submit(self, job: Job) -> None:
+        if self.waiting >= self.max_waiting:
+            raise Busy
+        job_id, self._next = self._next, self._next + 1
+        self._jobs[job_id] = job
+        self._unstarted.add(job_id)
+        self._conn.send((job_id, job.messages, job.config))
+
+    def close(self) -> None:
+        """Finish what is decoding, then stop the process (once: a second call waits too)."""
+        with contextlib.suppress(OSError):  # the process has ended already
+            self._conn.send(None)
+        self._reader.join()
+        self._process.join()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                updates, self.running = self._conn.recv()
+            except EOFError:
+                break
+            for job_id, tokens, outcome in updates:
+                self._unstarted.discard(job_id)
+                if tokens is not None:
+                    job = self._jobs[job_id]
+                    if job.on_token is not None:
+                        job.on_token(tokens)
+                else:
+                    self._jobs.pop(job_id).done(outcome)
+            if self.on_step is not None:
+                self.on_step()
+        ended = RuntimeError(f"the engine process ended (exit code {self._process.exitcode})")
+        for job in self._jobs.values():
+            job.done(ended)
+        self._jobs.clear()
+        self._unstarted.clear()
+        if self.on_step is not None:
+            self.on_step()
+
+
+def _sendable(outcome):
+    """An outcome that crosses the pipe: an exception that does not pickle goes as its repr."""
+    if isinstance(outcome, BaseException):
+        try:
+            pickle.loads(pickle.dumps(outcome))
+        except Exception:
+            return RuntimeError(repr(outcome))
+    return outcome
+
+
+def _engine_process(conn, model_dir: str, device, max_batch: int, max_waiting: int) -> None:
+    """The engine process: load the model, decode the jobs that come in, send each step's
+    tokens and answers back in one message. It ends when told to (after the rows decoding) or
+    at once when the server's end of the pipe closes (the server is gone)."""
+    try:
+        model, tokenizer = load_model(model_dir, device=device)
+    except Exception as exc:
+        conn.send(_sendable(exc))
+        return
+    updates: list[tuple] = []  # written on the engine's thread only
+
+    def step_done() -> None:
+        if updates:
+            with contextlib.suppress(OSError):  # the server is gone; its closed pipe ends us
+                conn.send((updates.copy(), engine.running))
+            updates.clear()
+
+    engine = Engine(
+        model, tokenizer, max_batch=max_batch, max_waiting=max_waiting, on_step=step_done
+    )
+    conn.send(None)
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            break
+        job_id, messages, config = message
+        engine.submit(
+            Job(
+                messages,
+                config,
+                done=lambda outcome, i=job_id: updates.append((i, None, _sendable(outcome))),
+                on_token=lambda tokens, i=job_id: updates.append((i, list(tokens), None)),
+            )
+        )
+    engine.close()
+    step_done()

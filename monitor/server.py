@@ -30,9 +30,9 @@ from pathlib import Path
 import orjson
 from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, unknown_name
 from evalkit.generation import DecodingConfig, Generation, TextStream
-from monitor.engine import Busy, Engine, Job
+from monitor.engine import Busy, Engine, EngineProcess, Job
 from monitor.events import (
     BadEvent,
     EventLog,
@@ -66,6 +66,9 @@ class ServeConfig:
     allow_template_mismatch: bool = False
     max_batch: int = 32  # requests decoded together
     max_waiting: int = 256  # requests waiting to be decoded; more are refused with 429
+    # "process": decoding in a process of its own (vLLM's engine core), beside the HTTP side;
+    # "thread": in a thread of the server's process, sharing its GIL (the reference)
+    engine: str = "process"
     max_body_bytes: int = 1 << 20
     max_messages: int = 256
     max_tokens: int = 1024  # the most tokens a request may ask to generate
@@ -74,6 +77,8 @@ class ServeConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
+        if self.engine not in ("process", "thread"):
+            raise unknown_name("engine", self.engine, ("process", "thread"))
         if not _loopback(self.host) and not self.api_key_file:
             raise EvalkitError(
                 f"binding {self.host} serves the model beyond this machine, so API keys are "
@@ -142,7 +147,7 @@ class DriftSetup:
 
 
 class Server:
-    """A loaded model with its decoding thread, event log, metrics and drift job."""
+    """A model with its decoding engine, event log, metrics and drift job."""
 
     def __init__(
         self,
@@ -163,7 +168,10 @@ class Server:
         model_dir = Path(config.model).resolve()
         self.name = config.name or model_dir.name
         self.keys = read_api_keys(config.api_key_file)
-        self.model, self.tokenizer = load_model(model_dir, device=config.device)
+        # with the engine in its own process, this one reads the model's configs, not weights
+        self.model, self.tokenizer = load_model(
+            model_dir, device=config.device, weights=config.engine == "thread"
+        )
         self.context = context_length(self.model, self.tokenizer)
         self.identity = {
             "model_hash": model_hash(model_dir),
@@ -190,13 +198,11 @@ class Server:
         self.metrics.requests.labels(self.name, "200", "stop")
         lost = self.metrics.events_lost.labels(self.name)
         self.events = EventLog(events_dir, config.log, on_lost=lost.inc)
-        self.engine = Engine(
-            self.model,
-            self.tokenizer,
-            max_batch=config.max_batch,
-            max_waiting=config.max_waiting,
-            on_step=self._flush,
-        )
+        options = {"max_batch": config.max_batch, "max_waiting": config.max_waiting}
+        if config.engine == "thread":
+            self.engine = Engine(self.model, self.tokenizer, on_step=self._flush, **options)
+        else:
+            self.engine = EngineProcess(model_dir, config.device, on_step=self._flush, **options)
         self.responses: dict[str, None] = {}  # recent response ids, for feedback
         self._inbox: LoopInbox | None = None
         self.drift = None
@@ -218,7 +224,7 @@ class Server:
             self._inbox.flush()
 
     def inbox(self, loop: asyncio.AbstractEventLoop) -> LoopInbox:
-        """Where the engine's thread hands the event loop its calls."""
+        """Where the engine's callbacks hand the event loop their calls."""
         if self._inbox is None or self._inbox.loop is not loop:
             self._inbox = LoopInbox(loop)
         return self._inbox
@@ -235,7 +241,8 @@ class Server:
 
 
 class LoopInbox:
-    """Calls from the engine's thread into the event loop, handed over once a decoding step.
+    """Calls from the engine's callbacks (on its thread, or on the thread that reads from its
+    process) into the event loop, handed over once a decoding step.
 
     At every step the engine has a token for every streamed row; waking the loop for each
     (a write to its pipe, and the two threads trading the GIL) took a fifth of the engine's
@@ -563,13 +570,13 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
         _settle(result, outcome)
         fresh.set()
 
-    def on_token(tokens: list[int]) -> None:  # on the engine's thread
+    def on_token(tokens: list[int]) -> None:  # on the engine's callback thread
         if not first:
             first.append(time.perf_counter())
         if body.stream:
             inbox.call(arrive, list(tokens))
 
-    def done(outcome) -> None:  # on the engine's thread
+    def done(outcome) -> None:  # on the engine's callback thread
         inbox.call(settle, outcome)
 
     try:

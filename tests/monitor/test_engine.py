@@ -1,13 +1,16 @@
-"""The server's engine: iteration-level batching gives every request the offline answer."""
+"""The server's engine: iteration-level batching gives every request the offline answer, in a
+thread of this process (the reference) and in a process of its own (the server's default)."""
 
+import shutil
 import threading
 from dataclasses import replace
 
 import pytest
 
+from evalkit.errors import EvalkitError
 from evalkit.generation import DecodingConfig, generate
 from evalkit.models import load_model
-from monitor.engine import Engine, Job
+from monitor.engine import Busy, Engine, EngineProcess, Job
 
 QUESTIONS = [
     "Hello there",
@@ -33,9 +36,16 @@ def loaded(micro_model):
     return load_model(micro_model)
 
 
-@pytest.fixture
-def engine(loaded):
-    engine = Engine(*loaded, max_batch=4)
+def start(kind, loaded, model_dir, **options):
+    if kind == "thread":
+        return Engine(*loaded, **options)
+    return EngineProcess(str(model_dir), **options)
+
+
+@pytest.fixture(scope="module", params=["thread", "process"])
+def engine(request, loaded, micro_model):
+    engine = start(request.param, loaded, micro_model, max_batch=4)
+    engine.kind = request.param
     yield engine
     engine.close()
 
@@ -113,8 +123,9 @@ def test_a_request_joins_a_running_batch_and_gets_the_offline_answer(loaded, eng
     assert first.answer.tokens == 40
     # the second's first token came at the step after it arrived, long before the first ended
     assert log.index(("second", "first")) < log.index(("first", "done"))
-    # (one arriving during a prefill joins after the step that follows it)
-    assert seen[0] in (after, after + 1)
+    # (one arriving during a prefill joins after the step that follows it; in a process of
+    # its own the engine goes on decoding while the request crosses over)
+    assert seen[0] in (after, after + 1) if engine.kind == "thread" else seen[0] >= after
 
 
 def test_a_request_with_other_parameters_waits_for_the_batch_to_drain(loaded, engine):
@@ -134,3 +145,35 @@ def test_a_request_with_other_parameters_waits_for_the_batch_to_drain(loaded, en
         assert (r.wait(), r.tokens) == offline(loaded, r.conversation, r.config)
     assert log.index(("first", "done")) < log.index(("other", "first"))
     assert log.index(("other", "first")) < log.index(("same", "first"))
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_past_max_waiting_a_request_is_refused_and_the_others_answered(loaded, micro_model, kind):
+    """One row decodes (max_batch 1) and two may wait: of ten sent at once, the first three at
+    most are taken (the first may not have started yet), the rest refused at once with Busy,
+    and every one taken gets its offline answer."""
+    engine = start(kind, loaded, micro_model, max_batch=1, max_waiting=2)
+    config = replace(SAMPLED, max_new_tokens=40)
+    log: list = []
+    taken, refused = [], 0
+    try:
+        for i in range(10):
+            request = Request(i, CONVERSATIONS[i % len(CONVERSATIONS)], config, log)
+            try:
+                engine.submit(request.job())
+                taken.append(request)
+            except Busy:
+                refused += 1
+        assert 2 <= len(taken) <= 3 and refused == 10 - len(taken)
+        for r in taken:
+            assert (r.wait(), r.tokens) == offline(loaded, r.conversation, config)
+    finally:
+        engine.close()
+
+
+def test_weights_that_do_not_load_in_the_engine_process_fail_its_start(micro_model, tmp_path):
+    broken = tmp_path / "model"
+    shutil.copytree(micro_model, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(EvalkitError, match=f"cannot load the model weights in {broken}"):
+        EngineProcess(str(broken))

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from evalkit.errors import EvalkitError
 from evalkit.generation import DecodingConfig, generate
+from evalkit.models import load_model
 from monitor.server import ServeConfig, Server
 
 QUESTION = [{"role": "user", "content": "how are you?"}]
@@ -37,9 +38,15 @@ def served(serving, tmp_path_factory):
         yield served
 
 
-def _offline(server, messages, max_new_tokens=8, **decoding):
+@pytest.fixture(scope="module")
+def offline(micro_model):
+    """The model loaded apart from the server, for what an evaluation run answers."""
+    return load_model(micro_model)
+
+
+def _offline(loaded, messages, max_new_tokens=8, **decoding):
     config = DecodingConfig(max_new_tokens=max_new_tokens, **SAMPLED, **decoding)
-    return generate(server.model, server.tokenizer, [messages], config)[0]
+    return generate(*loaded, [messages], config)[0]
 
 
 def _post(base, path, data: bytes, content_type="application/json"):
@@ -67,11 +74,11 @@ def _logged(served, until=lambda rows: True) -> list[dict]:
         time.sleep(0.05)
 
 
-def test_a_plain_answer_equals_the_evaluation_run_and_is_logged(served):
+def test_a_plain_answer_equals_the_evaluation_run_and_is_logged(served, offline):
     answer = served.client.chat.completions.create(
         model="micro", messages=QUESTION, max_tokens=8, **SAMPLED
     )
-    expected = _offline(served.server, QUESTION)
+    expected = _offline(offline, QUESTION)
     choice = answer.choices[0]
     assert expected.text and choice.message.role == "assistant"
     assert choice.message.content == expected.text
@@ -86,7 +93,7 @@ def test_a_plain_answer_equals_the_evaluation_run_and_is_logged(served):
     assert event["latency_s"] > 0 and event["completion_tokens"] == expected.tokens
 
 
-def test_a_streamed_answer_is_the_plain_one_in_pieces(served):
+def test_a_streamed_answer_is_the_plain_one_in_pieces(served, offline):
     stream = served.client.chat.completions.create(
         model="micro",
         messages=QUESTION,
@@ -97,25 +104,25 @@ def test_a_streamed_answer_is_the_plain_one_in_pieces(served):
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    expected = _offline(served.server, QUESTION, 12)
+    expected = _offline(offline, QUESTION, 12)
     assert text == expected.text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == expected.finish_reason
     assert chunks[-1].usage.completion_tokens == expected.tokens
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # pieces
 
 
-def test_a_stop_sequence_is_never_streamed(served):
-    plain = _offline(served.server, PROMPTS[1], 16)
+def test_a_stop_sequence_is_never_streamed(served, offline):
+    plain = _offline(offline, PROMPTS[1], 16)
     stop = plain.text.split()[1] if len(plain.text.split()) > 1 else "zzz"
     stream = served.client.chat.completions.create(
         model="micro", messages=PROMPTS[1], max_tokens=16, stop=stop, stream=True, **SAMPLED
     )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    assert text == _offline(served.server, PROMPTS[1], 16, stop=(stop,)).text
+    assert text == _offline(offline, PROMPTS[1], 16, stop=(stop,)).text
     assert stop not in text
 
 
-def test_requests_sent_together_are_answered_as_alone(served):
+def test_requests_sent_together_are_answered_as_alone(served, offline):
     async def ask_all():
         client = openai.AsyncOpenAI(base_url=served.client.base_url, api_key="x", max_retries=0)
         answers = await asyncio.gather(
@@ -127,7 +134,7 @@ def test_requests_sent_together_are_answered_as_alone(served):
         await client.close()
         return [a.choices[0].message.content for a in answers]
 
-    expected = [_offline(served.server, p).text for p in PROMPTS] * 3
+    expected = [_offline(offline, p).text for p in PROMPTS] * 3
     assert asyncio.run(ask_all()) == expected
 
 
