@@ -23,6 +23,7 @@ import contextlib
 import multiprocessing
 import pickle
 import queue
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -53,6 +54,10 @@ class Busy(Exception):
     """The waiting line is full."""
 
 
+class Stopped(Exception):
+    """The engine has stopped: it takes no more requests."""
+
+
 class Engine:
     """The decoding thread of one model."""
 
@@ -72,7 +77,13 @@ class Engine:
     def waiting(self) -> int:
         return self._waiting.qsize() + len(self._held)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, job: Job) -> None:
+        if not self.alive:
+            raise Stopped
         if self.waiting >= self.max_waiting:  # held jobs count: they left the line
             raise Busy
         try:
@@ -184,17 +195,17 @@ class EngineProcess:
         self.on_step, self.max_waiting, self.running = on_step, max_waiting, 0
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self._conn, child = context.Pipe()
-        self._process = context.Process(
+        self.process = context.Process(
             target=_engine_process,
             args=(child, str(model_dir), device, max_batch, max_waiting),
             name="evalkit-engine",
             daemon=True,
         )
-        self._process.start()
+        self.process.start()
         child.close()
         started = self._conn.recv()  # the model is loaded, or why not
         if isinstance(started, BaseException):
-            self._process.join()
+            self.process.join()
             raise started
         self._jobs: dict[int, Job] = {}
         self._unstarted: set[int] = set()
@@ -206,20 +217,31 @@ class EngineProcess:
     def waiting(self) -> int:
         return len(self._unstarted)
 
+    @property
+    def alive(self) -> bool:
+        return self._reader.is_alive()
+
     def submit(self, job: Job) -> None:
+        if not self.alive:
+            raise Stopped
         if self.waiting >= self.max_waiting:
             raise Busy
         job_id, self._next = self._next, self._next + 1
         self._jobs[job_id] = job
         self._unstarted.add(job_id)
-        self._conn.send((job_id, job.messages, job.config))
+        try:
+            self._conn.send((job_id, job.messages, job.config))
+        except OSError:  # the process ended since the check
+            self._jobs.pop(job_id, None)
+            self._unstarted.discard(job_id)
+            raise Stopped from None
 
     def close(self) -> None:
         """Finish what is decoding, then stop the process (once: a second call waits too)."""
         with contextlib.suppress(OSError):  # the process has ended already
             self._conn.send(None)
         self._reader.join()
-        self._process.join()
+        self.process.join()
 
     def _read(self) -> None:
         while True:
@@ -237,7 +259,7 @@ class EngineProcess:
                     self._jobs.pop(job_id).done(outcome)
             if self.on_step is not None:
                 self.on_step()
-        ended = RuntimeError(f"the engine process ended (exit code {self._process.exitcode})")
+        ended = RuntimeError(f"the engine process ended (exit code {self.process.exitcode})")
         for job in self._jobs.values():
             job.done(ended)
         self._jobs.clear()
@@ -259,7 +281,11 @@ def _sendable(outcome):
 def _engine_process(conn, model_dir: str, device, max_batch: int, max_waiting: int) -> None:
     """The engine process: load the model, decode the jobs that come in, send each step's
     tokens and answers back in one message. It ends when told to (after the rows decoding) or
-    at once when the server's end of the pipe closes (the server is gone)."""
+    at once when the server's end of the pipe closes (the server is gone). It ignores SIGINT
+    and SIGTERM, which a terminal or a service manager sends the whole group: the server
+    finishes the rows decoding before it lets the engine go."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         model, tokenizer = load_model(model_dir, device=device)
     except Exception as exc:

@@ -32,7 +32,7 @@ from fastapi import Request  # at module level: FastAPI resolves the routes' ann
 
 from evalkit.errors import EvalkitError, unknown_name
 from evalkit.generation import DecodingConfig, Generation, TextStream
-from monitor.engine import Busy, Engine, EngineProcess, Job
+from monitor.engine import Busy, Engine, EngineProcess, Job, Stopped
 from monitor.events import (
     BadEvent,
     EventLog,
@@ -379,6 +379,8 @@ def create_app(server: Server):
 
     @app.get("/readyz")
     async def readyz():
+        if not server.engine.alive:
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
         if server.engine.waiting >= server.config.max_waiting:
             return JSONResponse({"status": "busy"}, status_code=503)
         return {"status": "ready"}
@@ -585,6 +587,12 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
         raise OpenAIError(
             429, "the server is busy; retry shortly", type="rate_limit_error",
             headers={"Retry-After": "1"},
+        ) from None  # fmt: skip
+    except Stopped:
+        log.error("the decoding engine has stopped")
+        raise OpenAIError(
+            503, "the decoding engine has stopped: the server needs a restart",
+            type="server_error",
         ) from None  # fmt: skip
 
     ended: list[int] = []

@@ -5,6 +5,8 @@ OpenAI's error body with a 4xx."""
 import asyncio
 import http.client
 import json
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +57,14 @@ def _post(base, path, data: bytes, content_type="application/json"):
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _get(base, path):
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
@@ -355,3 +365,21 @@ def test_a_template_other_than_the_gated_one_is_refused(micro_model, tmp_path, s
         assert allowed.registry.get_sample_value("evalkit_chat_template_mismatch", labels) == 1
     finally:
         allowed.close()
+
+
+def test_an_engine_process_that_dies_fails_readiness_and_requests_with_503(serving, tmp_path):
+    with serving(tmp_path / "events") as served:
+        assert _get(served.base, "/readyz") == (200, {"status": "ready"})
+        engine = served.server.engine
+        os.kill(engine.process.pid, signal.SIGKILL)
+        engine.process.join(10)
+        deadline = time.monotonic() + 10
+        while engine.alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _get(served.base, "/readyz") == (503, {"status": "engine stopped"})
+        body = json.dumps({"model": "micro", "messages": QUESTION}).encode()
+        status, error = _post(served.base, "/v1/chat/completions", body)
+        assert status == 503 and error["error"]["type"] == "server_error", error
+        assert "engine has stopped" in error["error"]["message"]
+        rows = _logged(served, lambda rows: any(r["status"] == 503 for r in rows))
+        assert [r["status"] for r in rows if r["type"] == "exchange"] == [503]
