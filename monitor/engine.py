@@ -43,6 +43,9 @@ class Job:
     done: Callable[[Generation | BaseException], None]
     on_token: Callable[[list[int]], None] | None = None
     extra: dict = field(default_factory=dict)
+    # the prompt's tokens where the caller rendered them as :func:`render` does (the server
+    # counts them anyway): the engine's thread then does not render them again
+    prompt: list[int] | None = None
 
 
 def _group(config: DecodingConfig) -> str:
@@ -165,8 +168,10 @@ class Engine:
         del self._held[: len(jobs)]
         admitted, prompts = [], []
         for job in jobs:
+            prompt = job.prompt
             try:
-                prompt = render(self.model, self.tokenizer, [job.messages], job.config)[0]
+                if prompt is None:
+                    prompt = render(self.model, self.tokenizer, [job.messages], job.config)[0]
             except Exception as exc:
                 job.done(exc)
                 continue
@@ -230,7 +235,7 @@ class EngineProcess:
         self._jobs[job_id] = job
         self._unstarted.add(job_id)
         try:
-            self._conn.send((job_id, job.messages, job.config))
+            self._conn.send((job_id, job.messages, job.config, job.prompt))
         except OSError:  # the process ended since the check
             self._jobs.pop(job_id, None)
             self._unstarted.discard(job_id)
@@ -310,13 +315,14 @@ def _engine_process(conn, model_dir: str, device, max_batch: int, max_waiting: i
             return
         if message is None:
             break
-        job_id, messages, config = message
+        job_id, messages, config, prompt = message
         engine.submit(
             Job(
                 messages,
                 config,
                 done=lambda outcome, i=job_id: updates.append((i, None, _sendable(outcome))),
                 on_token=lambda tokens, i=job_id: updates.append((i, list(tokens), None)),
+                prompt=prompt,
             )
         )
     engine.close()

@@ -531,11 +531,12 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
     """One chat completion: decoded by the engine, logged, measured."""
     config = decoding(server, body)
     messages = [m.model_dump() for m in body.messages]
-    prompt_tokens = len(
-        server.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_dict=False
-        )
+    # rendered as evalkit.generation.render renders it: within the context (checked next), it
+    # keeps every token, so the engine decodes these
+    prompt = server.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_dict=False
     )
+    prompt_tokens = len(prompt)
     if prompt_tokens + config.max_new_tokens > server.context:
         raise OpenAIError(
             400,
@@ -582,7 +583,7 @@ async def complete(server: Server, body: ChatCompletionRequest, streaming_respon
         inbox.call(settle, outcome)
 
     try:
-        server.engine.submit(Job(messages, config, done, on_token))
+        server.engine.submit(Job(messages, config, done, on_token, prompt=prompt))
     except Busy:
         raise OpenAIError(
             429, "the server is busy; retry shortly", type="rate_limit_error",
