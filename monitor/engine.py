@@ -19,6 +19,7 @@ engine in a thread (:class:`Engine`, which that process runs) is the reference, 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import pickle
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from evalkit.accel.threads import one_thread_here, openmp_per_thread, small_model
+from evalkit.errors import EvalkitError
 from evalkit.generation import Decoder, DecodingConfig, Generation, prompt_seed, render
 from evalkit.models import load_model
 
@@ -208,7 +210,15 @@ class EngineProcess:
         )
         self.process.start()
         child.close()
-        started = self._conn.recv()  # the model is loaded, or why not
+        try:
+            started = self._conn.recv()  # the model is loaded, or why not
+        except (EOFError, OSError):
+            self.process.join()
+            raise EvalkitError(
+                f"the engine process ended while loading {model_dir} "
+                f"(exit code {self.process.exitcode})",
+                hint="its output above says why; out of memory is a common cause",
+            ) from None
         if isinstance(started, BaseException):
             self.process.join()
             raise started
@@ -217,6 +227,8 @@ class EngineProcess:
         self._next = 0
         self._reader = threading.Thread(target=self._read, name="evalkit-reader", daemon=True)
         self._reader.start()
+        # at exit, before multiprocessing joins the process (which ignores its SIGTERM)
+        atexit.register(self.close)
 
     @property
     def waiting(self) -> int:
@@ -252,7 +264,7 @@ class EngineProcess:
         while True:
             try:
                 updates, self.running = self._conn.recv()
-            except EOFError:
+            except (EOFError, OSError):  # a reset, where it died with messages unread
                 break
             for job_id, tokens, outcome in updates:
                 self._unstarted.discard(job_id)
@@ -264,10 +276,10 @@ class EngineProcess:
                     self._jobs.pop(job_id).done(outcome)
             if self.on_step is not None:
                 self.on_step()
+        self.process.join(5)
         ended = RuntimeError(f"the engine process ended (exit code {self.process.exitcode})")
-        for job in self._jobs.values():
-            job.done(ended)
-        self._jobs.clear()
+        while self._jobs:  # a job submitted meanwhile fails to send, and is refused
+            self._jobs.popitem()[1].done(ended)
         self._unstarted.clear()
         if self.on_step is not None:
             self.on_step()
@@ -311,7 +323,7 @@ def _engine_process(conn, model_dir: str, device, max_batch: int, max_waiting: i
     while True:
         try:
             message = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         if message is None:
             break
