@@ -88,7 +88,7 @@ CLIENTS = {"openai": stream_openai, "aiohttp": stream_aiohttp}
 
 
 async def drive(
-    base: str, model: str, prompts: list[list[dict]], clients: int, kind: str = "openai"
+    base: str, model: str, prompts: list[list[dict]], clients: int, kind: str = "aiohttp"
 ) -> dict:
     """Every prompt once, ``clients`` at a time, streamed; per-request latency and TTFT."""
     one, close = await CLIENTS[kind](base, model, clients)

@@ -1106,7 +1106,7 @@ def _add_monitor_parsers(commands) -> None:
     )
     serve.add_argument(
         "--engine",
-        choices=("process", "thread"),
+        choices=("process", "thread"),  # monitor.server.ENGINES, not imported at start-up
         default="process",
         help="decode in a process of its own beside the HTTP side (default), or in a thread "
         "of the server's process",

@@ -145,7 +145,8 @@ def load_model(
                 model.generation_config = GenerationConfig.from_pretrained(path)
     except Exception as exc:
         raise EvalkitError(
-            f"cannot load the model weights in {path}: {exc}", hint=_MODEL_DIR_HINT
+            f"cannot load the model {'weights' if weights else 'config'} in {path}: {exc}",
+            hint=_MODEL_DIR_HINT,
         ) from exc
     if weights:
         model.to(pick_device(device))

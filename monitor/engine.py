@@ -255,6 +255,7 @@ class EngineProcess:
 
     def close(self) -> None:
         """Finish what is decoding, then stop the process (once: a second call waits too)."""
+        atexit.unregister(self.close)
         with contextlib.suppress(OSError):  # the process has ended already
             self._conn.send(None)
         self._reader.join()

@@ -53,6 +53,9 @@ from monitor.protocol import (
 log = logging.getLogger(__name__)
 
 
+ENGINES = ("process", "thread")  # where decoding runs: see ServeConfig.engine
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """What ``evalkit serve`` starts; the limits keep one client from taking the server down."""
@@ -77,8 +80,8 @@ class ServeConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
-        if self.engine not in ("process", "thread"):
-            raise unknown_name("engine", self.engine, ("process", "thread"))
+        if self.engine not in ENGINES:
+            raise unknown_name("engine", self.engine, ENGINES)
         if not _loopback(self.host) and not self.api_key_file:
             raise EvalkitError(
                 f"binding {self.host} serves the model beyond this machine, so API keys are "

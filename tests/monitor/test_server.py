@@ -383,3 +383,9 @@ def test_an_engine_process_that_dies_fails_readiness_and_requests_with_503(servi
         assert "engine has stopped" in error["error"]["message"]
         rows = _logged(served, lambda rows: any(r["status"] == 503 for r in rows))
         assert [r["status"] for r in rows if r["type"] == "exchange"] == [503]
+
+
+def test_an_unknown_engine_is_refused_by_name(micro_model):
+    refusal = r"unknown engine 'threads'\n  hint: did you mean: thread"
+    with pytest.raises(EvalkitError, match=refusal):
+        ServeConfig(str(micro_model), engine="threads")
